@@ -1,0 +1,95 @@
+"""Model specs, defined once: the paper's Table 1 and the seed models.
+
+Every experiment config takes its `config.model` from here. Widths follow the
+paper's names: `hidden_dim` = C, `tokens_mlp_dim` = D_S (the MLP acting along
+the token axis), `channels_mlp_dim` = D_C (acting along channels).
+"""
+
+import ml_collections
+
+# Paper Table 1: name -> (num_blocks, hidden C, D_S, D_C); patch from the name.
+_TABLE1 = {
+    'S': (8, 512, 256, 2048),
+    'B': (12, 768, 384, 3072),
+    'L': (24, 1024, 512, 4096),
+    'H': (32, 1280, 640, 5120),
+}
+PAPER_VARIANTS = ('S/32', 'S/16', 'B/32', 'B/16', 'L/32', 'L/16', 'H/14')
+
+
+def mixer(*, patch, hidden_dim, num_blocks, tokens_mlp_dim, channels_mlp_dim,
+          num_classes=1000, name=None, **extensions):
+  """A `config.model` ConfigDict; extensions default to the paper (off)."""
+  ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
+  m = ml_collections.ConfigDict()
+  m.model_name = name or f'Mixer-{hidden_dim}x{num_blocks}/{ph}x{pw}'
+  m.patches = ml_collections.ConfigDict({'size': (ph, pw)})
+  m.num_classes = num_classes
+  m.num_blocks = num_blocks
+  m.hidden_dim = hidden_dim
+  m.tokens_mlp_dim = tokens_mlp_dim
+  m.channels_mlp_dim = channels_mlp_dim
+  m.activation = 'gelu'
+  m.dropout_rate = 0.0
+  m.stoch_depth = 0.0
+  m.use_pre_head_norm = True
+  m.dtype = 'float32'
+  for key, value in extensions.items():
+    if key not in m:
+      raise KeyError(f'unknown model field {key!r}')
+    m[key] = value
+  return m
+
+
+def paper(variant, num_classes=1000, **extensions):
+  """Paper Table 1 model, e.g. `paper('B/16')`."""
+  if variant not in PAPER_VARIANTS:
+    raise ValueError(f'unknown Mixer variant {variant!r}; one of '
+                     f'{", ".join(PAPER_VARIANTS)}')
+  size, patch = variant.split('/')
+  blocks, hidden, d_s, d_c = _TABLE1[size]
+  return mixer(patch=int(patch), hidden_dim=hidden, num_blocks=blocks,
+               tokens_mlp_dim=d_s, channels_mlp_dim=d_c,
+               num_classes=num_classes, name=f'Mixer-{variant}', **extensions)
+
+
+# Seed 000: CIFAR-10 ablation (32x32, patch 4, C=256, 4 blocks). The seed gives
+# widths as mlp_ratio = (token ratio, channel ratio) times C, as timm does:
+# D_S = ratio[0] * C acts on the 64 tokens, D_C = ratio[1] * C on channels.
+SEED000_RATIOS = {
+    'baseline': (0.5, 4.0),
+    'increased_token': (1.0, 4.0),
+    'increased_channel': (0.5, 8.0),
+    'balanced_ratio': (1.0, 1.0),
+}
+
+
+def seed000(variant, **extensions):
+  token_ratio, channel_ratio = SEED000_RATIOS[variant]
+  hidden = 256
+  return mixer(patch=4, hidden_dim=hidden, num_blocks=4,
+               tokens_mlp_dim=int(token_ratio * hidden),
+               channels_mlp_dim=int(channel_ratio * hidden), num_classes=10,
+               name=f'seed000-{variant}', **extensions)
+
+
+def seed001(**extensions):
+  """Seed 001: 12 blocks, C=512, D_S=D_C=512, 32 tokens of 4x8x3=96 values.
+
+  Its stem is a Linear on rearranged 4x8 patches, which is exactly a Conv with
+  kernel = stride = (4, 8); it has no LayerNorm before pooling.
+  """
+  extensions.setdefault('use_pre_head_norm', False)
+  return mixer(patch=(4, 8), hidden_dim=512, num_blocks=12, tokens_mlp_dim=512,
+               channels_mlp_dim=512, num_classes=10, name='seed001',
+               **extensions)
+
+
+def seed002(**extensions):
+  """Seed 002: Fashion-MNIST, 28x28x1, patch 4 (49 tokens), 8 blocks, C=16,
+  D_S=1024, D_C=512, ReLU, dropout 0.1."""
+  extensions.setdefault('activation', 'relu')
+  extensions.setdefault('dropout_rate', 0.1)
+  return mixer(patch=4, hidden_dim=16, num_blocks=8, tokens_mlp_dim=1024,
+               channels_mlp_dim=512, num_classes=10, name='seed002',
+               **extensions)
