@@ -130,7 +130,7 @@ def make_train_step(config, model: models.MlpMixer,
         'train_loss': jax.lax.pmean(loss / accum, 'batch'),
         'train_accuracy': jax.lax.pmean(acc / accum, 'batch'),
         'learning_rate': schedule(state.step),
-        'grad_norm': optax.global_norm(grads),
+        'grad_norm': optax.tree_utils.tree_l2_norm(grads),
     }
     new_state = state.replace(step=state.step + 1, params=params,
                               opt_state=opt_state)
