@@ -1,0 +1,597 @@
+"""Tests for mixer/input_pipeline.py on the real CIFAR-10 / Fashion-MNIST files.
+
+The real data live in $MIXER_DATA_DIR (default ../shared/data beside the
+checkout); tests that need them skip when they are absent. The other local
+formats (CIFAR python pickles, IDX .gz) are written to a temporary folder from
+a few real images and must load identically to the .npz arrays. Nothing here
+touches the network: the tfds failure is simulated.
+"""
+
+import gzip
+import os
+import pathlib
+import pickle
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import common
+from configs import models
+from mixer import input_pipeline as ip
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DATA = pathlib.Path(os.environ.get(
+    'MIXER_DATA_DIR', REPO.parent / 'shared' / 'data')).resolve()
+
+CIFAR_TRAIN_LABELS = [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
+CIFAR_TEST_LABELS = [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+FASHION_TRAIN_LABELS = [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
+FASHION_TEST_LABELS = [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
+
+needs_cifar = pytest.mark.skipif(
+    not (DATA / 'cifar10' / 'test.npz').exists(),
+    reason=f'real CIFAR-10 not found in {DATA}')
+needs_fashion = pytest.mark.skipif(
+    not (DATA / 'fashion_mnist' / 'test.npz').exists(),
+    reason=f'real Fashion-MNIST not found in {DATA}')
+
+
+def make_config(dataset='cifar10', data_dir='', num_classes=10, **overrides):
+  model = models.mixer(patch=4, hidden_dim=8, num_blocks=1, tokens_mlp_dim=8,
+                       channels_mlp_dim=8, num_classes=num_classes)
+  overrides.setdefault('image_size', 32)
+  return common.base(model, dataset=dataset, data_dir=str(data_dir),
+                     **overrides)
+
+
+@pytest.fixture
+def real_data(monkeypatch):
+  monkeypatch.setenv('MIXER_DATA_DIR', str(DATA))
+  return DATA
+
+
+def _real(dataset, split):
+  """Real arrays through the env-var route (cached by the module)."""
+  return ip.load_split(
+      make_config(dataset, data_dir=DATA / dataset), split)
+
+
+# -- real data ---------------------------------------------------------------
+
+
+@needs_cifar
+def test_cifar10_real(real_data):
+  config = make_config('cifar10')
+  assert ip.local_dir(config) == str(real_data / 'cifar10')
+  images, labels = ip.load_split(config, 'train')
+  assert images.shape == (50_000, 32, 32, 3) and images.dtype == np.uint8
+  assert labels.shape == (50_000,) and labels.dtype == np.int32
+  assert labels[:10].tolist() == CIFAR_TRAIN_LABELS
+  assert np.bincount(labels).tolist() == [5000] * 10
+  images, labels = ip.load_split(config, 'test')
+  assert images.shape == (10_000, 32, 32, 3)
+  assert labels[:10].tolist() == CIFAR_TEST_LABELS
+  info = ip.dataset_info(config)
+  assert info == ip.DatasetInfo(
+      name='cifar10', num_classes=10, num_train=50_000, num_eval=10_000,
+      image_shape=(32, 32, 3), class_names=info.class_names)
+  assert info.class_names[:2] == ('airplane', 'automobile')
+  assert len(info.class_names) == 10
+
+
+@needs_cifar
+def test_cache_returns_same_read_only_arrays(real_data):
+  config = make_config('cifar10')
+  a, _ = ip.load_split(config, 'test')
+  b, _ = ip.load_split(config, 'test')
+  assert a is b
+  assert not a.flags.writeable
+  # Batches are the caller's own copies.
+  batch = next(ip.eval_batches(config))
+  assert batch['image'].flags.writeable
+
+
+@needs_fashion
+def test_fashion_mnist_real(real_data):
+  config = make_config('fashion_mnist', image_size=28, channels=1)
+  images, labels = ip.load_split(config, 'train')
+  assert images.shape == (60_000, 28, 28, 1) and images.dtype == np.uint8
+  assert labels[:10].tolist() == FASHION_TRAIN_LABELS
+  images, labels = ip.load_split(config, 'test')
+  assert images.shape == (10_000, 28, 28, 1)
+  assert labels[:10].tolist() == FASHION_TEST_LABELS
+  info = ip.dataset_info(config)
+  assert (info.num_train, info.num_eval, info.image_shape) == (
+      60_000, 10_000, (28, 28, 1))
+  assert info.class_names[0] == 'T-shirt/top'
+  assert info.class_names[-1] == 'Ankle boot'
+
+
+@needs_fashion
+def test_split_slicing(real_data):
+  config = make_config('fashion_mnist')
+  images, labels = ip.load_split(config, 'train')
+  head, head_labels = ip.load_split(config, 'train[:90%]')
+  tail, tail_labels = ip.load_split(config, 'train[90%:]')
+  assert len(head) == 54_000 and len(tail) == 6_000
+  np.testing.assert_array_equal(head, images[:54_000])
+  np.testing.assert_array_equal(tail_labels, labels[54_000:])
+  np.testing.assert_array_equal(ip.load_split(config, 'train[-1000:]')[1],
+                                labels[-1000:])
+  np.testing.assert_array_equal(ip.load_split(config, 'train[100:300]')[0],
+                                images[100:300])
+  both = ip.load_split(config, 'train[:10]+test[:5]')[1]
+  assert both.tolist() == FASHION_TRAIN_LABELS + FASHION_TEST_LABELS[:5]
+  # Percent boundaries round to the closest example, as tfds does.
+  assert len(ip.load_split(config, 'train[:33.3%]')[1]) == 19_980
+  info = ip.dataset_info(make_config(
+      'fashion_mnist', train_split='train[:90%]', eval_split='train[90%:]'))
+  assert (info.num_train, info.num_eval) == (54_000, 6_000)
+  for bad in ('train[:70000]', 'train[::2]', 'train[1.5:]', 'train[', ''):
+    with pytest.raises(ip.DataError, match='split'):
+      ip.load_split(config, bad)
+  with pytest.raises(ip.DataError, match=r"no validation\.npz.*test, train"):
+    ip.load_split(config, 'validation')
+
+
+# -- other local formats -----------------------------------------------------
+
+
+def _write_cifar10_pickles(root, train_parts, test, label_names):
+  """Writes the original `cifar-10-batches-py` layout (protocol 2, bytes)."""
+  folder = root / 'cifar-10-batches-py'
+  folder.mkdir(parents=True)
+
+  def dump(name, obj):
+    with open(folder / name, 'wb') as f:
+      pickle.dump(obj, f, protocol=2)
+
+  def batch(images, labels):
+    data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    return {b'batch_label': b'x', b'labels': [int(l) for l in labels],
+            b'data': np.ascontiguousarray(data),
+            b'filenames': [b'f.png'] * len(images)}
+
+  for i, (images, labels) in enumerate(train_parts):
+    dump(f'data_batch_{i + 1}', batch(images, labels))
+  dump('test_batch', batch(*test))
+  dump('batches.meta', {b'label_names': [n.encode() for n in label_names],
+                        b'num_cases_per_batch': 10_000, b'num_vis': 3072})
+  return folder
+
+
+@needs_cifar
+def test_cifar10_pickle_format(tmp_path, monkeypatch):
+  monkeypatch.delenv('MIXER_DATA_DIR', raising=False)
+  train_x, train_y = _real('cifar10', 'train[:20]')
+  test_x, test_y = _real('cifar10', 'test[:7]')
+  folder = _write_cifar10_pickles(
+      tmp_path, [(train_x[:12], train_y[:12]), (train_x[12:], train_y[12:])],
+      (test_x, test_y), ip.KNOWN_CLASS_NAMES['cifar10'])
+  # Both the parent folder and the pickle folder itself work.
+  for data_dir in (tmp_path, folder):
+    config = make_config('cifar10', data_dir=data_dir)
+    images, labels = ip.load_split(config, 'train')
+    np.testing.assert_array_equal(images, train_x)
+    np.testing.assert_array_equal(labels, train_y)
+    assert labels.dtype == np.int32
+    images, labels = ip.load_split(config, 'test')
+    np.testing.assert_array_equal(images, test_x)
+    np.testing.assert_array_equal(labels, test_y)
+    assert ip.dataset_info(config).num_train == 20
+
+
+@needs_cifar
+def test_cifar100_pickle_format(tmp_path):
+  images, _ = _real('cifar10', 'train[:10]')
+  fine = np.arange(0, 100, 10)
+  folder = tmp_path / 'cifar-100-python'
+  folder.mkdir()
+  names = list(ip.KNOWN_CLASS_NAMES['cifar100'])
+  for split, sl in (('train', slice(0, 6)), ('test', slice(6, 10))):
+    with open(folder / split, 'wb') as f:
+      pickle.dump({b'data': images[sl].transpose(0, 3, 1, 2).reshape(-1, 3072),
+                   b'fine_labels': fine[sl].tolist(),
+                   b'coarse_labels': [0] * len(fine[sl])}, f, protocol=2)
+  with open(folder / 'meta', 'wb') as f:
+    pickle.dump({b'fine_label_names': [n.encode() for n in names]}, f)
+  config = make_config('cifar100', data_dir=tmp_path, num_classes=100)
+  x, y = ip.load_split(config, 'train')
+  np.testing.assert_array_equal(x, images[:6])
+  assert y.tolist() == [0, 10, 20, 30, 40, 50]
+  assert ip.load_split(config, 'test')[1].tolist() == [60, 70, 80, 90]
+  info = ip.dataset_info(config)
+  assert info.num_classes == 100 and info.class_names[:2] == (
+      'apple', 'aquarium_fish')
+
+
+def _idx_bytes(array, magic=None):
+  array = np.asarray(array, np.uint8)
+  magic = 0x0800 + array.ndim if magic is None else magic
+  header = struct.pack(f'>I{array.ndim}I', magic, *array.shape)
+  return header + array.tobytes()
+
+
+def _write_idx(folder, prefix, images, labels, compress=True, **kw):
+  opener = gzip.open if compress else open
+  ext = '.gz' if compress else ''
+  with opener(folder / f'{prefix}-images-idx3-ubyte{ext}', 'wb') as f:
+    f.write(_idx_bytes(images, kw.get('images_magic')))
+  with opener(folder / f'{prefix}-labels-idx1-ubyte{ext}', 'wb') as f:
+    f.write(_idx_bytes(labels, kw.get('labels_magic')))
+
+
+@needs_fashion
+@pytest.mark.parametrize('compress', [True, False])
+def test_idx_format(tmp_path, compress):
+  train_x, train_y = _real('fashion_mnist', 'train[:25]')
+  test_x, test_y = _real('fashion_mnist', 'test[:15]')
+  _write_idx(tmp_path, 'train', train_x[..., 0], train_y, compress)
+  _write_idx(tmp_path, 't10k', test_x[..., 0], test_y, compress)
+  config = make_config('fashion_mnist', data_dir=tmp_path)
+  images, labels = ip.load_split(config, 'train')
+  assert images.shape == (25, 28, 28, 1)
+  np.testing.assert_array_equal(images, train_x)
+  np.testing.assert_array_equal(labels, train_y)
+  images, labels = ip.load_split(config, 'test')
+  np.testing.assert_array_equal(images, test_x)
+  np.testing.assert_array_equal(labels, test_y)
+  assert ip.dataset_info(config).image_shape == (28, 28, 1)
+
+
+def test_npz_shards_in_natural_order(tmp_path):
+  for i in range(11):  # train_10 must come after train_9, not after train_1.
+    np.savez(tmp_path / f'train_{i}.npz',
+             images=np.full((1, 4, 4, 3), i, np.uint8), labels=[i])
+  np.savez(tmp_path / 'test.npz', images=np.zeros((2, 4, 4, 3), np.uint8),
+           labels=[0, 1])
+  config = make_config('tiny', data_dir=tmp_path, num_classes=11)
+  images, labels = ip.load_split(config, 'train')
+  assert labels.tolist() == list(range(11))
+  assert images[:, 0, 0, 0].tolist() == list(range(11))
+  info = ip.dataset_info(config)
+  assert (info.num_classes, info.num_train, info.num_eval) == (11, 11, 2)
+  assert info.class_names == tuple(str(i) for i in range(11))
+
+
+def test_data_dir_may_be_a_folder_of_datasets(tmp_path):
+  folder = tmp_path / 'tiny'
+  folder.mkdir()
+  np.savez(folder / 'train.npz', images=np.zeros((3, 4, 4), np.uint8),
+           labels=[0, 1, 2])
+  config = make_config('tiny', data_dir=tmp_path, num_classes=3)
+  assert ip.local_dir(config) == str(folder)
+  assert ip.load_split(config, 'train')[0].shape == (3, 4, 4, 1)
+
+
+# -- corrupt and missing data ------------------------------------------------
+
+
+def _npz(folder, name='train.npz', **arrays):
+  arrays.setdefault('images', np.zeros((4, 4, 4, 3), np.uint8))
+  arrays.setdefault('labels', np.arange(4))
+  np.savez_compressed(folder / name, **arrays)
+  return folder / name
+
+
+@pytest.mark.parametrize('arrays,match', [
+    (dict(labels=np.arange(3)), r'4 images but 3 labels'),
+    (dict(images=np.zeros((4, 4, 4, 3), np.float32)), r'dtype float32'),
+    (dict(images=np.zeros((4, 4), np.uint8)), r'shape \(4, 4\)'),
+    (dict(labels=np.array([0, 1, 2, 10])), r'labels span \[0, 10\]'),
+    (dict(labels=np.array([0.0, 1, 2, 3])), r'labels have dtype float64'),
+    (dict(pixels=np.zeros(2)), r'no array\(s\) images'),
+])
+def test_misshaped_npz(tmp_path, arrays, match):
+  if 'pixels' in arrays:
+    np.savez(tmp_path / 'train.npz', pixels=arrays['pixels'], labels=[0])
+    path = tmp_path / 'train.npz'
+  else:
+    path = _npz(tmp_path, **arrays)
+  with pytest.raises(ip.DataError, match=match) as e:
+    ip.load_split(make_config('cifar10', data_dir=tmp_path), 'train')
+  assert str(path) in str(e.value)
+
+
+def test_truncated_npz(tmp_path):
+  path = _npz(tmp_path, images=np.random.default_rng(0).integers(
+      0, 255, (64, 8, 8, 3), dtype=np.uint8), labels=np.zeros(64, np.int64))
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2])
+  with pytest.raises(ip.DataError, match='truncated or corrupt') as e:
+    ip.load_split(make_config('cifar10', data_dir=tmp_path), 'train')
+  assert str(path) in str(e.value)
+  assert '\n' not in str(e.value)
+
+
+def test_shards_with_different_shapes(tmp_path):
+  _npz(tmp_path, 'train_0.npz')
+  path = _npz(tmp_path, 'train_1.npz', images=np.zeros((4, 5, 5, 3), np.uint8))
+  with pytest.raises(ip.DataError, match=r'\(5, 5, 3\)') as e:
+    ip.load_split(make_config('cifar10', data_dir=tmp_path), 'train')
+  assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize('kind', ['magic', 'size', 'length', 'gzip'])
+def test_corrupt_idx(tmp_path, kind):
+  images = np.zeros((5, 28, 28), np.uint8)
+  labels = np.arange(5)
+  config = make_config('fashion_mnist', data_dir=tmp_path)
+  if kind == 'magic':
+    _write_idx(tmp_path, 'train', images, labels, images_magic=0x0801)
+    bad, match = 'train-images-idx3-ubyte.gz', r'magic number is 0x00000801'
+  elif kind == 'size':
+    _write_idx(tmp_path, 'train', images, labels)
+    with gzip.open(tmp_path / 'train-images-idx3-ubyte.gz', 'wb') as f:
+      f.write(_idx_bytes(images)[:-1])
+    bad, match = 'train-images-idx3-ubyte.gz', r'header .* implies'
+  elif kind == 'length':
+    _write_idx(tmp_path, 'train', images, labels[:4])
+    bad, match = 'train-labels-idx1-ubyte.gz', r'4 labels but .* 5 images'
+  else:
+    _write_idx(tmp_path, 'train', images, labels)
+    path = tmp_path / 'train-images-idx3-ubyte.gz'
+    path.write_bytes(path.read_bytes()[:30])
+    bad, match = 'train-images-idx3-ubyte.gz', r'truncated or corrupt'
+  with pytest.raises(ip.DataError, match=match) as e:
+    ip.load_split(config, 'train')
+  assert str(tmp_path / bad) in str(e.value)
+
+
+def test_pickle_with_foreign_globals_is_refused(tmp_path):
+  import datetime  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'cifar-10-batches-py'
+  folder.mkdir()
+  with open(folder / 'data_batch_1', 'wb') as f:
+    pickle.dump({b'data': datetime.date(2020, 1, 1), b'labels': []}, f)
+  with pytest.raises(ip.DataError, match='refusing to load global datetime'):
+    ip.load_split(make_config('cifar10', data_dir=tmp_path), 'train')
+
+
+def test_missing_folder_and_files(tmp_path, monkeypatch):
+  missing = tmp_path / 'nowhere'
+  with pytest.raises(ip.DataError) as e:
+    ip.load_split(make_config('cifar10', data_dir=missing), 'train')
+  message = str(e.value)
+  assert str(missing) in message
+  assert 'config.data_dir' in message and 'MIXER_DATA_DIR' in message
+  assert 'tfds' in message
+  # A folder with no recognisable files.
+  (tmp_path / 'notes.txt').write_text('hi')
+  with pytest.raises(ip.DataError, match='no dataset found'):
+    ip.load_split(make_config('cifar10', data_dir=tmp_path), 'train')
+  # Only the train split present.
+  _npz(tmp_path)
+  with pytest.raises(ip.DataError, match=r'no test\.npz'):
+    ip.load_split(make_config('cifar10', data_dir=tmp_path), 'test')
+  # MIXER_DATA_DIR without a folder for the dataset means tfds.
+  monkeypatch.setenv('MIXER_DATA_DIR', str(tmp_path))
+  assert ip.local_dir(make_config('cifar10')) is None
+
+
+# -- tfds failures (simulated; never reaches the network) --------------------
+
+
+def test_tfds_download_failure_is_one_line(tmp_path, monkeypatch):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  requests = pytest.importorskip('requests')
+  monkeypatch.setenv('MIXER_DATA_DIR', str(tmp_path))  # No cifar10/ there.
+
+  def failed_download(*args, **kwargs):
+    del args, kwargs
+    raise requests.exceptions.ConnectionError(
+        "HTTPSConnectionPool(host='www.cs.toronto.edu', port=443): Max "
+        'retries exceeded with url: /~kriz/cifar-10-binary.tar.gz (Caused by '
+        'NameResolutionError("<urllib3.connection.HTTPSConnection object>: '
+        "Failed to resolve 'www.cs.toronto.edu' ([Errno -2] Name or service "
+        'not known)"))\nFailed to construct dataset "cifar10"')
+
+  monkeypatch.setattr(tfds, 'load', failed_download)
+  monkeypatch.setattr(tfds, 'builder', failed_download)
+  ip.clear_cache()
+  config = make_config('cifar10')
+  assert ip.local_dir(config) is None
+  for call in (lambda: ip.load_split(config, 'train'),
+               lambda: ip.dataset_info(config)):
+    with pytest.raises(ip.DataError) as e:
+      call()
+    message = str(e.value)
+    assert '\n' not in message
+    assert 'could not download' in message and 'ConnectionError' in message
+    assert 'MIXER_DATA_DIR' in message and 'config.data_dir' in message
+
+  def unknown(*args, **kwargs):
+    del args, kwargs
+    raise tfds.core.registered.DatasetNotFoundError('Dataset nope not found.')
+
+  monkeypatch.setattr(tfds, 'load', unknown)
+  with pytest.raises(ip.DataError, match="unknown dataset 'nope'"):
+    ip.load_split(make_config('nope'), 'train')
+
+
+def test_tfds_not_installed(tmp_path, monkeypatch):
+  monkeypatch.setenv('MIXER_DATA_DIR', str(tmp_path))
+  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)
+  with pytest.raises(ip.DataError, match='tensorflow_datasets is not '
+                     'installed.*MIXER_DATA_DIR'):
+    ip.load_split(make_config('cifar10'), 'train')
+
+
+def test_local_data_needs_no_tensorflow(tmp_path):
+  _npz(tmp_path)
+  _npz(tmp_path, 'test.npz')
+  code = (
+      'import sys\n'
+      "sys.modules['tensorflow'] = None\n"
+      "sys.modules['tensorflow_datasets'] = None\n"
+      'import ml_collections\n'
+      'from mixer import input_pipeline as ip\n'
+      "c = ml_collections.ConfigDict(dict(dataset='tiny', data_dir=sys.argv[1],"
+      " train_split='train', eval_split='test', batch_size=2,"
+      ' eval_batch_size=3, seed=0, image_size=4))\n'
+      'assert ip.dataset_info(c).num_train == 4\n'
+      "assert next(ip.train_batches(c))['image'].shape == (2, 4, 4, 3)\n"
+      'assert len(list(ip.eval_batches(c))) == 2\n')
+  subprocess.run([sys.executable, '-c', code, str(tmp_path)], check=True,
+                 cwd=REPO, timeout=60)
+
+
+# -- batching ----------------------------------------------------------------
+
+
+@needs_cifar
+def test_train_batches_deterministic_and_resumable(real_data):
+  config = make_config('cifar10', train_split='train[:1000]', batch_size=96,
+                       seed=3)
+  assert ip.steps_per_epoch(config) == 10  # 1000 // 96; 40 dropped per epoch.
+  images, labels = ip.load_split(config, 'train[:1000]')
+  it = ip.train_batches(config)
+  fresh = [next(it) for _ in range(25)]
+  for s, batch in enumerate(fresh):
+    assert batch['image'].shape == (96, 32, 32, 3)
+    assert batch['image'].dtype == np.uint8
+    assert batch['label'].dtype == np.int32
+    e, i = divmod(s, 10)
+    idx = ip.epoch_permutation(3, e, 1000)[i * 96:(i + 1) * 96]
+    np.testing.assert_array_equal(batch['image'], images[idx])
+    np.testing.assert_array_equal(batch['label'], labels[idx])
+  # Within an epoch no example repeats; epochs are ordered differently.
+  epoch0 = np.concatenate([ip.epoch_permutation(3, 0, 1000)[:960]])
+  assert len(np.unique(epoch0)) == 960
+  assert not np.array_equal(fresh[0]['label'], fresh[10]['label'])
+  # Resuming at step k gives what a fresh iterator gives from step k.
+  for k in (1, 9, 10, 11, 21):
+    resumed = ip.train_batches(config, start_step=k)
+    for s in range(k, min(k + 3, 25)):
+      batch = next(resumed)
+      np.testing.assert_array_equal(batch['image'], fresh[s]['image'])
+      np.testing.assert_array_equal(batch['label'], fresh[s]['label'])
+  # Same seed, same data; another seed, another order.
+  again = next(ip.train_batches(config))
+  np.testing.assert_array_equal(again['image'], fresh[0]['image'])
+  other = next(ip.train_batches(make_config(
+      'cifar10', train_split='train[:1000]', batch_size=96, seed=4)))
+  assert not np.array_equal(other['label'], fresh[0]['label'])
+
+
+@needs_cifar
+def test_train_batches_split_over_processes(real_data):
+  config = make_config('cifar10', train_split='train[:1000]', batch_size=96)
+  single = ip.train_batches(config, start_step=8)
+  procs = [ip.train_batches(config, start_step=8, process_index=p,
+                            process_count=2) for p in range(2)]
+  for _ in range(4):  # Crosses the epoch boundary at step 10.
+    whole = next(single)
+    parts = [next(it) for it in procs]
+    assert parts[0]['image'].shape == (48, 32, 32, 3)
+    for key in ('image', 'label'):
+      np.testing.assert_array_equal(
+          np.concatenate([p[key] for p in parts]), whole[key])
+  with pytest.raises(ip.DataError, match='multiple of the number of'):
+    ip.train_batches(config, process_count=5)
+  with pytest.raises(ip.DataError, match='larger than'):
+    ip.train_batches(make_config('cifar10', train_split='train[:50]',
+                                 batch_size=96))
+
+
+@needs_cifar
+@pytest.mark.parametrize('process_count', [1, 2])
+def test_eval_batches_cover_every_example_once(real_data, process_count):
+  config = make_config('cifar10', eval_batch_size=768)  # 10000 = 13 * 768 + 16
+  images, labels = ip.load_split(config, 'test')
+  streams = [list(ip.eval_batches(config, process_index=p,
+                                  process_count=process_count))
+             for p in range(process_count)]
+  assert [len(s) for s in streams] == [14] * process_count
+  b_local = 768 // process_count
+  got_images, got_labels, masks = [], [], []
+  for step in range(14):
+    for p in range(process_count):
+      batch = streams[p][step]
+      assert batch['image'].shape == (b_local, 32, 32, 3)
+      assert batch['image'].dtype == np.uint8
+      assert batch['label'].dtype == np.int32
+      assert batch['mask'].dtype == np.float32
+      got_images.append(batch['image'])
+      got_labels.append(batch['label'])
+      masks.append(batch['mask'])
+  mask = np.concatenate(masks)
+  assert mask.sum() == 10_000
+  assert mask[:10_000].all() and not mask[10_000:].any()
+  np.testing.assert_array_equal(np.concatenate(got_labels)[mask > 0], labels)
+  np.testing.assert_array_equal(np.concatenate(got_images)[mask > 0], images)
+  assert not np.concatenate(got_images)[mask == 0].any()  # Zero padding.
+  with pytest.raises(ip.DataError, match='eval_batch_size=768 must be'):
+    ip.eval_batches(config, process_count=5)
+
+
+# -- tf.data paths (need TensorFlow; tfds data are mocked, never downloaded) --
+
+
+@pytest.fixture
+def tf():
+  return pytest.importorskip('tensorflow')
+
+
+@needs_cifar
+def test_streaming_path_from_local_arrays(tmp_path, tf):
+  x, y = _real('cifar10', 'test[:100]')
+  np.savez(tmp_path / 'train.npz', images=x[:90], labels=y[:90])
+  np.savez(tmp_path / 'test.npz', images=x[90:], labels=y[90:])
+  config = make_config('cifar10', data_dir=tmp_path, image_size=16,
+                       batch_size=8, eval_batch_size=4, shuffle_buffer=50)
+  config.augment.crop = 'inception'
+  it = ip.tfds_train_dataset(config)
+  first = [next(it) for _ in range(12)]  # More than one 90-example epoch.
+  for batch in first:
+    assert batch['image'].shape == (8, 16, 16, 3)
+    assert batch['image'].dtype == np.uint8
+    assert batch['label'].dtype == np.int32
+  again = next(ip.tfds_train_dataset(config))
+  np.testing.assert_array_equal(again['image'], first[0]['image'])
+  half = next(ip.tfds_train_dataset(config, process_index=1, process_count=2))
+  assert half['image'].shape == (4, 16, 16, 3)
+  for process_count in (1, 2):
+    streams = [list(ip.tfds_eval_dataset(config, process_index=p,
+                                         process_count=process_count))
+               for p in range(process_count)]
+    assert len({len(s) for s in streams}) == 1  # Same count everywhere.
+    batches = [b for s in streams for b in s]
+    mask = np.concatenate([b['mask'] for b in batches])
+    got = np.concatenate([b['label'] for b in batches])[mask > 0]
+    assert mask.sum() == 10 and got.tolist() == y[90:].tolist()
+  config.augment.eval_crop = 'resize'
+  batch = next(ip.tfds_eval_dataset(config))
+  expected = tf.image.resize(x[90:94], (16, 16)).numpy()
+  assert np.abs(batch['image'] - np.round(expected)).max() <= 1
+
+
+def test_tfds_paths_with_mocked_data(tmp_path, monkeypatch, tf):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  monkeypatch.setenv('MIXER_DATA_DIR', str(tmp_path))  # No local copies.
+  ip.clear_cache()
+  try:
+    with tfds.testing.mock_data(num_examples=12,
+                                policy=tfds.testing.MockPolicy.USE_CODE):
+      config = make_config('cifar10', batch_size=4, eval_batch_size=5)
+      images, labels = ip.load_split(config, 'train')
+      assert images.shape == (12, 32, 32, 3) and images.dtype == np.uint8
+      assert labels.dtype == np.int32
+      info = ip.dataset_info(config)
+      assert (info.num_train, info.num_classes) == (12, 10)
+      assert info.class_names[0] == 'airplane'
+      assert next(ip.train_batches(config))['image'].shape == (4, 32, 32, 3)
+      # ImageNet streams: JPEGs decode only the Inception crop window.
+      inet = make_config('imagenet2012', num_classes=1000, image_size=24,
+                         batch_size=4, eval_batch_size=4, shuffle_buffer=8)
+      inet.augment.crop = 'inception'
+      batch = next(ip.tfds_train_dataset(inet))
+      assert batch['image'].shape == (4, 24, 24, 3)
+      evals = list(ip.tfds_eval_dataset(inet))
+      assert len(evals) == 3 and sum(b['mask'].sum() for b in evals) == 12
+      assert evals[0]['image'].shape == (4, 24, 24, 3)
+  finally:
+    ip.clear_cache()  # Mocked arrays must not reach other tests.
