@@ -19,11 +19,11 @@ data for step s is a function of (seed, s), so restoring the state of step s
 from `workdir/checkpoints` continues exactly where the run stopped.
 """
 
-import functools
+import collections
 import json
 import os
 import time
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Tuple
 
 from absl import logging
 import flax
@@ -296,6 +296,19 @@ class Trainer:
             'eval_examples': int(count)}
 
 
+def shard(x: np.ndarray) -> jax.Array:
+  """Puts [devices, ...] host data on the local devices, one row each."""
+  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ('batch',))
+  return jax.device_put(x, jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec('batch')))
+
+
+def replicate(tree: Any) -> Any:
+  """Copies `tree` to every local device with the sharding pmap outputs
+  (mesh axis 'batch'), so the second step does not compile again."""
+  return jax_utils.replicate(tree, axis_name='batch')
+
+
 def _state_for_saving(state: TrainState) -> Dict[str, Any]:
   return {'step': state.step, 'params': state.params,
           'opt_state': state.opt_state, 'rng': state.rng}
@@ -347,18 +360,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   if config.input_pipeline == 'device':
     images, labels = input_pipeline.load_split(config, config.train_split)
-    data = (jax_utils.replicate(images),
-            jax_utils.replicate(labels.astype(np.int32)))
+    data = (replicate(images), replicate(labels.astype(np.int32)))
     chunks = trainer.index_chunks(start_step)
     run = lambda st, xs: trainer.p_train_indexed(st, *xs, *data)
   elif config.input_pipeline == 'host':
-    chunks = jax_utils.prefetch_to_device(trainer.host_chunks(start_step), 2)
+    chunks = _prefetch(trainer.host_chunks(start_step), size=2)
     run = lambda st, xs: trainer.p_train(st, *xs)
   else:
     raise ValueError("input_pipeline must be 'host' or 'device', got "
                      f'{config.input_pipeline!r}')
 
-  pstate = jax_utils.replicate(state)
+  pstate = replicate(state)
   del state
   step = start_step
   pending = []  # Per-dispatch metrics, fetched only at log steps.
@@ -449,6 +461,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   writer.close()
   mgr.close()
   return results
+
+
+def _prefetch(chunks: Iterator[Tuple[int, Any]], size: int = 2
+              ) -> Iterator[Tuple[int, Any]]:
+  """Keeps `size` chunks in flight to the local devices (split on axis 0)."""
+  queue = collections.deque()
+
+  def put(chunk):
+    k, arrays = chunk
+    return k, tuple(shard(a) for a in arrays)
+
+  for chunk in chunks:
+    queue.append(put(chunk))
+    if len(queue) >= size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
 
 
 def _best_in_log(workdir: str) -> float:
