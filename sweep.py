@@ -1,0 +1,194 @@
+r"""Runs a sweep: several named training runs, one after another, one folder each.
+
+    python sweep.py --sweep=configs/sweeps/patch_size.py --workdir=workdirs/patch
+    # A quick CPU smoke run of the same sweep:
+    python sweep.py --sweep=configs/sweeps/patch_size.py --workdir=/tmp/patch \
+        --set=num_train_steps=20 --set=batch_size=64 --set=model.hidden_dim=32
+
+Each run of the sweep file's `get_sweep()` trains in `<workdir>/<run name>/`
+with `mixer.train.train_and_evaluate`. Running the same command again continues
+the sweep: finished runs (`results.json` with status "done") are skipped and a
+run that was interrupted resumes from its latest checkpoint. A run that fails
+writes `<run>/error.txt` and the sweep goes on with the next; the exit status
+is 1 if any run failed.
+
+After every run `<workdir>/summary.md`, `summary.csv` and `curves.png` are
+rewritten (see `mixer/report.py`), so they are current while the sweep runs.
+"""
+
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Any, Dict, List, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from mixer import report
+from mixer import sweeps
+
+_SWEEP = flags.DEFINE_string(
+    'sweep', None, 'Sweep file (configs/sweeps/<name>.py), optionally '
+    '`path:arg` to call get_sweep(arg).')
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Sweep folder: one sub-folder per run plus the summary.')
+_SET = flags.DEFINE_multi_string(
+    'set', [], 'key=value applied to every run after its own overrides, e.g. '
+    '--set=num_train_steps=20 --set=model.hidden_dim=32 (repeatable).')
+_ONLY = flags.DEFINE_list(
+    'only', [], 'Train only these runs (comma-separated names); the summary '
+    'still lists all.')
+_DRY_RUN = flags.DEFINE_bool(
+    'dry_run', False, 'List the runs and their overrides, train nothing.')
+
+RESULTS = 'results.json'
+ERROR = 'error.txt'
+RUN_INFO = 'sweep_run.json'
+SWEEP_INFO = 'sweep.json'
+
+
+def is_done(run_dir: str) -> bool:
+  """True when `run_dir` holds the results of a finished run."""
+  path = os.path.join(run_dir, RESULTS)
+  try:
+    with open(path) as f:
+      return json.load(f).get('status') == 'done'
+  except (OSError, ValueError):
+    return False
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2, default=str)
+  os.replace(tmp, path)
+
+
+def _config_dict(config) -> Dict[str, Any]:
+  return json.loads(config.to_json_best_effort())
+
+
+def write_sweep_info(workdir: str, sweep_file: str,
+                     runs: Sequence[sweeps.Run],
+                     global_overrides: Dict[str, Any]) -> None:
+  """`sweep.json`: every run's name and shown fields, so the report can list
+  runs that have not started yet."""
+  _write_json(os.path.join(workdir, SWEEP_INFO), {
+      'sweep': sweep_file,
+      'global_overrides': global_overrides,
+      'runs': [{'name': r.name, 'fields': r.fields(),
+                'overrides': {k: sweeps._jsonable(v)  # pylint: disable=protected-access
+                              for k, v in r.overrides.items()}}
+               for r in runs],
+  })
+
+
+def train_one(r: sweeps.Run, run_dir: str, *,
+              chief: bool = True) -> Dict[str, Any]:
+  """Trains (or resumes) one run; never raises for a failure of the run.
+
+  Returns {'name', 'status': 'done'|'skipped'|'failed', 'error'?}.
+  """
+  from mixer import train  # pylint: disable=g-import-not-at-top
+  if is_done(run_dir):
+    with open(os.path.join(run_dir, RESULTS)) as f:
+      saved = json.load(f).get('config')
+    if saved is not None and saved != _config_dict(r.config):
+      logging.warning('%s: finished with a config that differs from the '
+                      'sweep\'s now; delete %s to retrain it', r.name, run_dir)
+    logging.info('%s: already done, skipping', r.name)
+    return {'name': r.name, 'status': 'skipped'}
+  error_path = os.path.join(run_dir, ERROR)
+  if chief:
+    os.makedirs(run_dir, exist_ok=True)
+    if os.path.exists(error_path):
+      os.remove(error_path)  # A retry: the old error no longer describes it.
+    _write_json(os.path.join(run_dir, RUN_INFO), {
+        'name': r.name, 'fields': r.fields(), 'pid': os.getpid(),
+        'host': os.uname().nodename, 'started': time.time()})
+  logging.info('%s: training in %s', r.name, run_dir)
+  try:
+    train.train_and_evaluate(r.config, run_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    line = f'{type(e).__name__}: {e}'.splitlines()[0]
+    if chief:
+      with open(error_path, 'w') as f:
+        f.write(line + '\n\n' + traceback.format_exc())
+    logging.error('%s failed: %s (details in %s)', r.name, line, error_path)
+    return {'name': r.name, 'status': 'failed', 'error': line}
+  return {'name': r.name, 'status': 'done'}
+
+
+def run_sweep(sweep_file: str, workdir: str, *,
+              global_overrides: Dict[str, Any] = None,
+              only: Sequence[str] = ()) -> List[Dict[str, Any]]:
+  """Trains every run of `sweep_file` in `workdir`; returns their outcomes."""
+  global_overrides = dict(global_overrides or {})
+  runs = [sweeps.with_overrides(r, global_overrides)
+          for r in sweeps.load_sweep(sweep_file)]
+  unknown = set(only) - {r.name for r in runs}
+  if unknown:
+    raise ValueError(f'--only names no run of the sweep: {sorted(unknown)}; '
+                     f'runs: {[r.name for r in runs]}')
+  chief = _is_chief()
+  if chief:
+    os.makedirs(workdir, exist_ok=True)
+    write_sweep_info(workdir, sweep_file, runs, global_overrides)
+    _report(workdir)
+  outcomes = []
+  todo = [r for r in runs if not only or r.name in only]
+  for i, r in enumerate(todo):
+    logging.info('=== run %d/%d: %s', i + 1, len(todo), r.name)
+    outcomes.append(train_one(r, os.path.join(workdir, r.name), chief=chief))
+    if chief:
+      _report(workdir)
+  return outcomes
+
+
+def _is_chief() -> bool:
+  """Only process 0 of a multi-host job writes the sweep's own files."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index() == 0
+
+
+def _report(workdir: str) -> None:
+  """Rewrites the summary; a plotting problem must not stop the sweep."""
+  try:
+    report.write_report(workdir)
+  except Exception:  # pylint: disable=broad-except
+    logging.exception('could not write the sweep report')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  logging.set_verbosity(logging.INFO)
+  overrides = sweeps.parse_assignments(_SET.value)
+  if _DRY_RUN.value:
+    for r in sweeps.load_sweep(_SWEEP.value):
+      r = sweeps.with_overrides(r, overrides)
+      print(f'{r.name}: {json.dumps(r.fields(), default=str)}')
+    return
+  outcomes = run_sweep(_SWEEP.value, _WORKDIR.value,
+                       global_overrides=overrides, only=_ONLY.value)
+  failed = [o for o in outcomes if o['status'] == 'failed']
+  print(f'sweep: {len(outcomes)} runs, '
+        f'{sum(o["status"] == "done" for o in outcomes)} trained, '
+        f'{sum(o["status"] == "skipped" for o in outcomes)} already done, '
+        f'{len(failed)} failed; summary in '
+        f'{os.path.join(_WORKDIR.value, "summary.md")}')
+  for o in failed:
+    print(f'  FAILED {o["name"]}: {o["error"]}')
+  if failed:
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['sweep'])
+  flags.register_multi_flags_validator(
+      ['workdir', 'dry_run'], lambda f: bool(f['workdir']) or f['dry_run'],
+      message='--workdir is required unless --dry_run')
+  app.run(main)
