@@ -40,6 +40,8 @@ def base(model, *, dataset, image_size, channels=3, **overrides):
   c.augment.flip = True
   c.augment.randaugment_layers = 0  # RandAugment(N, M); 0 = off.
   c.augment.randaugment_magnitude = 0
+  # 'paper': RandAugment's 14 ops; 'big_vision': its 16 (the Mixer paper's).
+  c.augment.randaugment_ops = 'paper'
   c.augment.mixup_alpha = 0.0  # 0 = off.
   c.augment.cutmix_alpha = 0.0  # 0 = off.
   c.augment.eval_crop = 'center'  # 'center' (resize-crop) or 'resize'.
