@@ -70,7 +70,15 @@ def base(model, *, dataset, image_size, channels=3, **overrides):
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.steps_per_dispatch = 1  # Train steps fused per dispatch (lax.scan).
-  c.init_checkpoint = ''  # Official .npz or an orbax checkpoint dir.
+  # Fine-tuning start point: '' (train from scratch), an official `.npz` or
+  # one of this project's orbax checkpoints (workdir, its checkpoints/ dir or
+  # a step dir); see mixer.checkpoints.load_init_params. The paper's
+  # checkpoints are published at https://console.cloud.google.com/storage/mixer_models/
+  # e.g. `gsutil cp gs://mixer_models/imagenet21k/Mixer-B_16.npz .`
+  c.init_checkpoint = ''
+  # Token groups when init_checkpoint has fewer tokens (higher fine-tuning
+  # resolution, paper App. C): 'strided' sub-grids or contiguous 'tiles'.
+  c.init_token_grouping = 'strided'
 
   for key, value in overrides.items():
     if key not in c:
@@ -108,4 +116,49 @@ def paper_pretrain(variant):
            checkpoint_every_steps=2000, log_every_steps=100,
            eval_every_steps=5000)
   c.augment.crop = 'inception'
+  return c
+
+
+# Paper fine-tuning (sec. 3.1, App. C) as vit_jax's configs run it: dataset ->
+# (classes, train steps, train split, eval split). vit_jax trains on
+# train[:98%] (train[:99%] for ImageNet), holding the rest out for choosing
+# hyper-parameters; here the whole train split is used.
+FINETUNE_DATASETS = {
+    'cifar10': (10, 10_000, 'train', 'test'),
+    'cifar100': (100, 10_000, 'train', 'test'),
+    'oxford_iiit_pet': (37, 500, 'train', 'test'),
+    'oxford_flowers102': (102, 500, 'train', 'test'),
+    'imagenet2012': (1000, 20_000, 'train', 'validation'),
+}
+PRETRAIN_IMAGE_SIZE = 224  # All released Mixer checkpoints.
+
+
+def paper_finetune(variant, dataset, image_size=224, *,
+                   pretrain_image_size=PRETRAIN_IMAGE_SIZE):
+  """Fine-tuning a pretrained paper model (set `init_checkpoint`).
+
+  The paper's recipe (and vit_jax's `configs/common.py`): SGD with momentum
+  0.9, batch 512, global-norm clipping at 1, linear warmup (500 steps) then
+  cosine decay, no weight decay, no label smoothing, base learning rate 0.03
+  (the paper picks from a small grid), 10k steps for CIFAR, 500 for Pets and
+  Flowers, 20k for ImageNet; Inception crop + flip for training, a plain
+  resize for evaluation. At image_size > 224 the token-mixing width grows as
+  in Appendix C (`models.finetune_model_config`).
+  """
+  if dataset not in FINETUNE_DATASETS:
+    raise ValueError(f'unknown fine-tuning dataset {dataset!r}; one of '
+                     f'{", ".join(FINETUNE_DATASETS)}')
+  num_classes, steps, train_split, eval_split = FINETUNE_DATASETS[dataset]
+  model = models.paper(variant, num_classes=num_classes)
+  model = models.finetune_model_config(model, pretrain_image_size, image_size)
+  c = base(model, dataset=dataset, image_size=image_size, batch_size=512,
+           num_train_steps=steps, optimizer='sgd', momentum=0.9,
+           learning_rate=0.03, lr_schedule='cosine', warmup_steps=500,
+           weight_decay=0.0, grad_clip_norm=1.0, label_smoothing=0.0,
+           train_split=train_split, eval_split=eval_split,
+           eval_batch_size=512, eval_every_steps=max(steps // 10, 50),
+           checkpoint_every_steps=min(1000, steps), log_every_steps=10)
+  c.augment.crop = 'inception'
+  c.augment.flip = True
+  c.augment.eval_crop = 'resize'
   return c

@@ -93,3 +93,37 @@ def seed002(**extensions):
   return mixer(patch=4, hidden_dim=16, num_blocks=8, tokens_mlp_dim=1024,
                channels_mlp_dim=512, num_classes=10, name='seed002',
                **extensions)
+
+
+def _grid(image_size, patch_size):
+  h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(
+      image_size)
+  ph, pw = patch_size
+  if h % ph or w % pw:
+    raise ValueError(f'patch size {(ph, pw)} does not divide the image size '
+                     f'{(h, w)}')
+  return h // ph, w // pw
+
+
+def finetune_model_config(model_config, old_image_size, new_image_size):
+  """`model_config` for fine-tuning at `new_image_size` a model pretrained at
+  `old_image_size` (same patch size), per the paper's Appendix C.
+
+  An image k times larger per side has k^2 times more tokens; the pretrained
+  token-mixing MLP is then replicated block-diagonally over k^2 groups of
+  tokens (mixer.checkpoints.change_resolution), which needs
+  `tokens_mlp_dim = k^2 * D_S`. Returns a copy with that width (unchanged if
+  the resolution is). Only integer factors are possible (ValueError else).
+  """
+  m = ml_collections.ConfigDict(model_config.to_dict())
+  size = m.patches.size
+  patch = (size, size) if isinstance(size, int) else tuple(size)
+  (h, w), (nh, nw) = (_grid(old_image_size, patch),
+                      _grid(new_image_size, patch))
+  if nh % h or nw % w:
+    raise ValueError(
+        f'fine-tuning at {new_image_size} from {old_image_size} (patch grid '
+        f'{(h, w)} -> {(nh, nw)}) needs an integer resolution factor '
+        '(paper Appendix C)')
+  m.tokens_mlp_dim = model_config.tokens_mlp_dim * (nh // h) * (nw // w)
+  return m

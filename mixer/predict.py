@@ -1,0 +1,181 @@
+r"""Top-5 predictions of a trained or official Mixer for image files.
+
+    python -m mixer.predict --config=configs/finetune.py:B_16,cifar10 \
+        --checkpoint=workdirs/b16_cifar10 cat.jpg dog.png
+
+`--checkpoint` is an official `.npz` or one of this project's orbax
+checkpoints (workdir, its `checkpoints/` folder or a step folder); its
+parameters must fit `config.model` exactly (no head re-initialisation here:
+that would make the predictions meaningless). Each image is read with PIL,
+converted to `config.channels`, resized to `config.image_size` and
+normalised like the training loop's evaluation (`mixer.augment.normalize`,
+x / 127.5 - 1). Class names come from the input pipeline's metadata (never
+loading or downloading a dataset), else 'class N'. Output, per image::
+
+    cat.jpg
+      0.9731  cat
+      0.0112  dog
+      ...
+
+Any bad input (checkpoint, image, config) prints one `error: ...` line on
+stderr and exits with status 1.
+"""
+
+import sys
+from typing import List, Sequence, Tuple
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+
+from mixer import checkpoints
+from mixer import models
+
+try:
+  from mixer.augment import normalize  # pylint: disable=g-import-not-at-top
+except ImportError:  # Same formula as training (vit_jax).
+
+  def normalize(images):
+    return jnp.asarray(images).astype(jnp.float32) / 127.5 - 1.0
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file the checkpoint was trained with.',
+    lock_config=False)
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', None, 'Official .npz file or orbax workdir/checkpoint dir.')
+_TOP_K = flags.DEFINE_integer('top_k', 5, 'Classes printed per image.')
+
+# Used when the input pipeline cannot name the classes (e.g. no data here).
+KNOWN_CLASS_NAMES = {
+    'cifar10': ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
+                'frog', 'horse', 'ship', 'truck'),
+    'fashion_mnist': ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
+                      'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot'),
+}
+
+
+def _pipeline_class_names(config):
+  """Class names the input pipeline knows, without loading or downloading
+  data: its table of known names, `dataset_info` for a local dataset folder,
+  else the tfds builder's metadata (part of tfds's code, no download)."""
+  from mixer import input_pipeline  # pylint: disable=g-import-not-at-top
+  name = str(config.dataset).split(':')[0]
+  known = getattr(input_pipeline, 'KNOWN_CLASS_NAMES', {}).get(name)
+  if known:
+    return known
+  if input_pipeline.local_dir(config) is not None:
+    return input_pipeline.dataset_info(config).class_names
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds.builder(str(config.dataset)).info.features['label'].names
+
+
+def class_names(config, num_classes: int) -> List[str]:
+  """The dataset's class names (see `_pipeline_class_names`), else a table
+  known here, else 'class N'."""
+  names = None
+  try:
+    names = list(_pipeline_class_names(config) or ())
+  except Exception as e:  # pylint: disable=broad-except
+    logging.info('No class names from the input pipeline: %s', e)
+  if not names or len(names) != num_classes:
+    names = list(KNOWN_CLASS_NAMES.get(config.dataset, ()))
+  if len(names) != num_classes:
+    names = [f'class {i}' for i in range(num_classes)]
+  return [str(n) for n in names]
+
+
+def _image_hw(config) -> Tuple[int, int]:
+  size = config.image_size
+  return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def load_image(path: str, config) -> np.ndarray:
+  """uint8 [H, W, C] of `config.image_size` and `config.channels`.
+
+  With `augment.eval_crop == 'center'` the largest central box of the
+  model's aspect ratio is taken first (a no-op for square images and square
+  models); otherwise the whole image is resized. Bilinear, as tf.image.resize.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  h, w = _image_hw(config)
+  try:
+    with Image.open(path) as im:
+      im = im.convert('L' if config.channels == 1 else 'RGB')
+      eval_crop = config.get('augment', {}).get('eval_crop', 'center')
+      if eval_crop == 'center':
+        iw, ih = im.size
+        scale = min(iw / w, ih / h)
+        cw, ch = round(w * scale), round(h * scale)
+        left, top = (iw - cw) // 2, (ih - ch) // 2
+        im = im.crop((left, top, left + cw, top + ch))
+      im = im.resize((w, h), Image.BILINEAR)
+      x = np.asarray(im, np.uint8)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'cannot read image {path}: {type(e).__name__}: {e}'
+                     ) from e
+  return x.reshape(h, w, int(config.channels))
+
+
+def load_model_params(config, checkpoint: str):
+  """(model, params), checking the checkpoint fits `config.model` exactly."""
+  model = models.build_model(config.model)
+  shape = _image_hw(config) + (int(config.channels),)
+  model.check(shape)
+  expected = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape),
+                         train=False))['params']
+  params = checkpoints.load_params(checkpoint)
+  try:
+    checkpoints.check_params(params, expected,
+                             source=f'checkpoint {checkpoint}')
+  except ValueError as e:
+    raise ValueError(f'{e} (is --config the one {checkpoint} was trained '
+                     'with?)') from e
+  return model, jax.tree_util.tree_map(jnp.asarray, params)
+
+
+def predict(config, checkpoint: str, image_paths: Sequence[str],
+            top_k: int = 5) -> List[Tuple[str, List[Tuple[str, float]]]]:
+  """[(image path, [(class name, probability)] * top_k)] per image."""
+  if not image_paths:
+    raise ValueError('no image given')
+  images = np.stack([load_image(p, config) for p in image_paths])
+  model, params = load_model_params(config, checkpoint)
+  if not config.model.num_classes:
+    raise ValueError('model.num_classes is 0: a headless model has no classes')
+  logits = jax.jit(lambda p, x: model.apply({'params': p}, normalize(x),
+                                            train=False))(params, images)
+  probs = np.asarray(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
+  names = class_names(config, probs.shape[-1])
+  k = max(1, min(int(top_k), probs.shape[-1]))
+  results = []
+  for path, p in zip(image_paths, probs):
+    top = np.argsort(-p, kind='stable')[:k]
+    results.append((path, [(names[i], float(p[i])) for i in top]))
+  return results
+
+
+def main(argv):
+  logging.set_verbosity(logging.WARNING)
+  try:
+    if _CONFIG.value is None:
+      raise ValueError('--config is required')
+    if not _CHECKPOINT.value:
+      raise ValueError('--checkpoint is required')
+    results = predict(_CONFIG.value, _CHECKPOINT.value, argv[1:],
+                      _TOP_K.value)
+  except Exception as e:  # pylint: disable=broad-except
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  for path, top in results:
+    print(path)
+    for name, prob in top:
+      print(f'  {prob:.4f}  {name}')
+
+
+if __name__ == '__main__':
+  app.run(main)
