@@ -7,8 +7,8 @@ r"""Top-5 predictions of a trained or official Mixer for image files.
 checkpoints (workdir, its `checkpoints/` folder or a step folder); its
 parameters must fit `config.model` exactly (no head re-initialisation here:
 that would make the predictions meaningless). Each image is read with PIL,
-converted to `config.channels`, resized to `config.image_size` and
-normalised like the training loop's evaluation (`mixer.augment.normalize`,
+converted to `config.channels`, brought to `config.image_size` (see
+`load_image`) and normalised like the training loop's evaluation (`mixer.augment.normalize`,
 x / 127.5 - 1). Class names come from the input pipeline's metadata (never
 loading or downloading a dataset), else 'class N'. Output, per image::
 
@@ -48,6 +48,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', None, 'Official .npz file or orbax workdir/checkpoint dir.')
 _TOP_K = flags.DEFINE_integer('top_k', 5, 'Classes printed per image.')
+
+CENTER_CROP_FRACTION = 0.875  # As mixer.input_pipeline's eval center crop.
 
 # Used when the input pipeline cannot name the classes (e.g. no data here).
 KNOWN_CLASS_NAMES = {
@@ -96,27 +98,33 @@ def _image_hw(config) -> Tuple[int, int]:
 def load_image(path: str, config) -> np.ndarray:
   """uint8 [H, W, C] of `config.image_size` and `config.channels`.
 
-  With `augment.eval_crop == 'center'` the largest central box of the
-  model's aspect ratio is taken first (a no-op for square images and square
-  models); otherwise the whole image is resized. Bilinear, as tf.image.resize.
+  As the input pipeline's evaluation: an image already at the model's size
+  is used as is (in-memory datasets such as CIFAR feed stored pixels);
+  otherwise `augment.eval_crop == 'resize'` resizes the whole image, and
+  'center' resizes the short side to size / 0.875 and takes the central
+  crop. Bilinear (PIL's filter, which antialiases when shrinking, where
+  tf.image.resize does not: pixels can differ slightly from the pipeline's).
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
   h, w = _image_hw(config)
   try:
     with Image.open(path) as im:
       im = im.convert('L' if config.channels == 1 else 'RGB')
-      eval_crop = config.get('augment', {}).get('eval_crop', 'center')
-      if eval_crop == 'center':
-        iw, ih = im.size
-        scale = min(iw / w, ih / h)
-        cw, ch = round(w * scale), round(h * scale)
-        left, top = (iw - cw) // 2, (ih - ch) // 2
-        im = im.crop((left, top, left + cw, top + ch))
-      im = im.resize((w, h), Image.BILINEAR)
+      augment = config.get('augment') or {}
+      if im.size != (w, h):
+        if augment.get('eval_crop', 'center') == 'center':
+          iw, ih = im.size
+          scale = max(h, w) / CENTER_CROP_FRACTION / min(iw, ih)
+          nw, nh = max(round(iw * scale), w), max(round(ih * scale), h)
+          im = im.resize((nw, nh), Image.BILINEAR)
+          left, top = (nw - w) // 2, (nh - h) // 2
+          im = im.crop((left, top, left + w, top + h))
+        else:
+          im = im.resize((w, h), Image.BILINEAR)
       x = np.asarray(im, np.uint8)
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f'cannot read image {path}: {type(e).__name__}: {e}'
-                     ) from e
+                    ) from e
   return x.reshape(h, w, int(config.channels))
 
 

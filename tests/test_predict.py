@@ -127,3 +127,27 @@ def test_class_names_never_need_the_data():
   assert predict.class_names(config, 37)[0] == 'Abyssinian'
   config.dataset = 'no_such_dataset'
   assert predict.class_names(config, 3) == ['class 0', 'class 1', 'class 2']
+
+
+def test_load_image_matches_eval_preprocessing(tmp_path):
+  config = tiny_config()  # 16x16, eval_crop 'center'.
+  rng = np.random.default_rng(2)
+  pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  Image.fromarray(pixels).save(tmp_path / 'same.png')
+  # Already at the model's size: the stored pixels, as in-memory eval feeds.
+  np.testing.assert_array_equal(
+      predict.load_image(str(tmp_path / 'same.png'), config), pixels)
+  wide = np.zeros((20, 40, 3), np.uint8)
+  wide[:, 15:25] = 255  # A white vertical band in the middle.
+  Image.fromarray(wide).save(tmp_path / 'wide.png')
+  center = predict.load_image(str(tmp_path / 'wide.png'), config)
+  assert center.shape == (16, 16, 3)
+  assert center[:, 8].min() > 200 and center[:, 0].max() < 50  # Cropped.
+  config.augment.eval_crop = 'resize'
+  resized = predict.load_image(str(tmp_path / 'wide.png'), config)
+  assert resized[:, 8].min() > 200 and resized[:, 0].max() < 50
+  assert (resized > 200).all(axis=(0, 2)).sum() < (center > 200).all(
+      axis=(0, 2)).sum()  # The whole width squeezed: a narrower band.
+  config.channels = 1
+  assert predict.load_image(str(tmp_path / 'wide.png'), config).shape == (
+      16, 16, 1)
