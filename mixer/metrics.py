@@ -113,6 +113,8 @@ class MetricsWriter:
 
 
 def format_duration(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return '?'
   seconds = int(max(seconds, 0))
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)

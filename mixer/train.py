@@ -57,20 +57,26 @@ def image_shape(config) -> Tuple[int, int, int]:
   return (int(h), int(w), int(config.channels))
 
 
-def init_params(model: models.MlpMixer, rng, shape) -> Any:
-  """Initial parameters (the paper's initialisers), computed under jit."""
-  x = jnp.zeros((1,) + tuple(shape), jnp.float32)
-  return jax.jit(lambda r: model.init({'params': r}, x, train=False))(
-      rng)['params']
-
-
 def create_train_state(config, model, tx, rng) -> TrainState:
-  rng_init, rng_run = jax.random.split(rng)
-  params = init_params(model, rng_init, image_shape(config))
+  """Initial state (the paper's initialisers), built in one jitted call.
+
+  With `config.init_checkpoint` the parameters are then replaced by the
+  checkpoint's (fine-tuning) and the optimizer state re-initialised.
+  """
+  x = jnp.zeros((1,) + image_shape(config), jnp.float32)
+
+  @jax.jit
+  def init(rng):
+    rng_init, rng_run = jax.random.split(rng)
+    params = model.init({'params': rng_init}, x, train=False)['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params), rng=rng_run)
+
+  state = init(rng)
   if config.get('init_checkpoint'):
-    params = checkpoints.load_init_params(config, params)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=tx.init(params), rng=rng_run)
+    params = checkpoints.load_init_params(config, state.params)
+    state = state.replace(params=params, opt_state=jax.jit(tx.init)(params))
+  return state
 
 
 def cross_entropy(logits, soft_labels, label_smoothing: float = 0.0):
@@ -130,7 +136,7 @@ def make_train_step(config, model: models.MlpMixer,
         'train_loss': jax.lax.pmean(loss / accum, 'batch'),
         'train_accuracy': jax.lax.pmean(acc / accum, 'batch'),
         'learning_rate': schedule(state.step),
-        'grad_norm': optax.tree_utils.tree_l2_norm(grads),
+        'grad_norm': optax.tree_utils.tree_norm(grads),
     }
     new_state = state.replace(step=state.step + 1, params=params,
                               opt_state=opt_state)

@@ -88,7 +88,7 @@ def test_global_norm_clipping():
   params = {'w': jnp.zeros(4)}
   grads = {'w': jnp.full(4, 10.0)}  # norm 20 -> clipped to 1
   updates, _ = tx.update(grads, tx.init(params), params)
-  assert float(optax.tree_utils.tree_l2_norm(updates)) == pytest.approx(1.0, rel=1e-5)
+  assert float(optax.tree_utils.tree_norm(updates)) == pytest.approx(1.0, rel=1e-5)
 
 
 def test_sgd_momentum():
