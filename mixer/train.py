@@ -221,6 +221,24 @@ class Trainer:
                            axis_name='batch')
     self.eval_every = (self.steps_per_epoch if config.eval_every_steps < 0
                        else int(config.eval_every_steps))
+    # Arrays in host memory at the model's resolution go straight to the
+    # step; anything else (ImageNet-scale data, Inception crops, resizing
+    # CIFAR to 224 for fine-tuning) streams through tf.data.
+    shape = image_shape(config)
+    if self.info.image_shape[2] != shape[2]:
+      raise ValueError(
+          f'config.channels is {shape[2]} but {config.dataset!r} images have '
+          f'{self.info.image_shape[2]} channel(s)')
+    same_size = tuple(self.info.image_shape[:2]) == shape[:2]
+    self.stream_train = not (self.info.in_memory and same_size
+                             and config.augment.crop != 'inception')
+    self.stream_eval = not (self.info.in_memory and same_size)
+    if config.input_pipeline == 'device' and self.stream_train:
+      raise ValueError(
+          "input_pipeline='device' needs the training set in memory at the "
+          f'model resolution {shape[:2]} without Inception crops; '
+          f'{config.dataset!r} is stored at {self.info.image_shape[:2]}: use '
+          "input_pipeline='host'")
 
   @staticmethod
   def _indexed(multi: Callable) -> Callable:
@@ -239,9 +257,11 @@ class Trainer:
 
   def host_chunks(self, start_step: int) -> Iterator[Tuple[int, Any]]:
     """Yields (k, (images, labels)) with k steps stacked on axis 1."""
-    batches = input_pipeline.train_batches(
-        self.config, start_step=start_step, process_index=self.process_index,
-        process_count=self.process_count)
+    source = (input_pipeline.tfds_train_dataset if self.stream_train
+              else input_pipeline.train_batches)
+    batches = source(self.config, start_step=start_step,
+                     process_index=self.process_index,
+                     process_count=self.process_count)
     step = start_step
     while step < self.total_steps:
       k = self.chunk_size(step)
@@ -286,9 +306,10 @@ class Trainer:
   def evaluate(self, params) -> Dict[str, float]:
     """Loss and accuracy over every eval example (padding masked out)."""
     totals = None
-    for b in input_pipeline.eval_batches(
-        self.config, process_index=self.process_index,
-        process_count=self.process_count):
+    source = (input_pipeline.tfds_eval_dataset if self.stream_eval
+              else input_pipeline.eval_batches)
+    for b in source(self.config, process_index=self.process_index,
+                    process_count=self.process_count):
       shard = lambda x: x.reshape((self.num_devices, -1) + x.shape[1:])
       out = self.p_eval(params, shard(b['image']),
                         shard(b['label'].astype(np.int32)), shard(b['mask']))

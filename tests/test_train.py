@@ -169,3 +169,22 @@ def test_trains_without_tensorflow(tmp_path, data_dir):
 def test_bad_config_is_a_clear_error(tmp_path, data_dir, overrides, match):
   with pytest.raises(ValueError, match=match):
     train.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
+
+
+def test_resized_inception_crop_input_streams_through_tf_data(tmp_path,
+                                                              data_dir):
+  # CIFAR stored at 32x32, model at 48x48 with Inception crops (the paper's
+  # fine-tuning input): the loop streams through tf.data and still evaluates
+  # every example of the eval split.
+  config = tiny_config(image_size=48, num_train_steps=2, warmup_steps=0,
+                       shuffle_buffer=256, **{'augment.crop': 'inception',
+                                              'augment.eval_crop': 'resize'})
+  res = train.train_and_evaluate(config, str(tmp_path))
+  assert res['eval_examples'] == 500 and res['steps'] == 2
+  params = _params(tmp_path)
+  # 48x48 with 4x4 patches: 144 tokens in the token-mixing MLP.
+  assert params['MixerBlock_0']['token_mixing']['Dense_0']['kernel'].shape == (
+      144, 16)
+  with pytest.raises(ValueError, match="input_pipeline='device' needs"):
+    train.train_and_evaluate(
+        tiny_config(image_size=48, input_pipeline='device'), str(tmp_path / 'd'))
