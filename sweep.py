@@ -1,6 +1,6 @@
-r"""Runs a sweep: several named training runs, one after another, one folder each.
+r"""Runs a sweep: named training runs, one after another, one folder each.
 
-    python sweep.py --sweep=configs/sweeps/patch_size.py --workdir=workdirs/patch
+    python sweep.py --sweep=configs/sweeps/patch_size.py --workdir=workdirs/ps
     # A quick CPU smoke run of the same sweep:
     python sweep.py --sweep=configs/sweeps/patch_size.py --workdir=/tmp/patch \
         --set=num_train_steps=20 --set=batch_size=64 --set=model.hidden_dim=32
@@ -14,6 +14,10 @@ is 1 if any run failed.
 
 After every run `<workdir>/summary.md`, `summary.csv` and `curves.png` are
 rewritten (see `mixer/report.py`), so they are current while the sweep runs.
+
+On several hosts, start the same command on each with a workdir they all
+see: every process trains the same runs in the same order (process 0 writes
+the files), so they must agree on which runs are already done.
 """
 
 import json
@@ -21,7 +25,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -80,8 +84,7 @@ def write_sweep_info(workdir: str, sweep_file: str,
       'sweep': sweep_file,
       'global_overrides': global_overrides,
       'runs': [{'name': r.name, 'fields': r.fields(),
-                'overrides': {k: sweeps._jsonable(v)  # pylint: disable=protected-access
-                              for k, v in r.overrides.items()}}
+                'overrides': sweeps.jsonable(dict(r.overrides))}
                for r in runs],
   })
 
@@ -123,7 +126,7 @@ def train_one(r: sweeps.Run, run_dir: str, *,
 
 
 def run_sweep(sweep_file: str, workdir: str, *,
-              global_overrides: Dict[str, Any] = None,
+              global_overrides: Optional[Dict[str, Any]] = None,
               only: Sequence[str] = ()) -> List[Dict[str, Any]]:
   """Trains every run of `sweep_file` in `workdir`; returns their outcomes."""
   global_overrides = dict(global_overrides or {})

@@ -10,7 +10,8 @@ supplies everything else.
     from mixer import sweeps
 
     def get_sweep():
-      return sweeps.grid(cifar10_baseline.get_config, 'C{hidden_dim}_L{num_blocks}',
+      return sweeps.grid(cifar10_baseline.get_config,
+                         'C{hidden_dim}_L{num_blocks}',
                          **{'model.hidden_dim': [128, 256],
                             'model.num_blocks': [2, 4]})
 
@@ -27,7 +28,8 @@ import importlib.util
 import itertools
 import os
 import re
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional,
+                    Sequence, Tuple, Union)
 
 import ml_collections
 
@@ -57,14 +59,17 @@ class Run:
 
   def fields(self) -> Dict[str, Any]:
     """{column: value in the final config} for the report."""
-    return {key: _jsonable(get_field(self.config, key)) for key in self.columns}
+    return {key: jsonable(get_field(self.config, key)) for key in self.columns}
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+  """`value` with ConfigDicts as dicts and tuples as lists (for JSON)."""
   if isinstance(value, ml_collections.ConfigDict):
-    return value.to_dict()
-  if isinstance(value, tuple):
-    return list(value)
+    value = value.to_dict()
+  if isinstance(value, dict):
+    return {k: jsonable(v) for k, v in value.items()}
+  if isinstance(value, (tuple, list)):
+    return [jsonable(v) for v in value]
   return value
 
 
@@ -190,7 +195,9 @@ def format_name(name_format: Union[str, Callable[[Dict[str, Any]], str]],
 
 def grid(base: ConfigSource,
          name_format: Union[str, Callable[[Dict[str, Any]], str]],
-         *, derived: Optional[Callable[[Dict[str, Any]], Mapping[str, Any]]] = None,
+         *,
+         derived: Optional[Callable[[Dict[str, Any]],
+                                    Mapping[str, Any]]] = None,
          show: Sequence[str] = (), **axes: Iterable[Any]) -> List[Run]:
   """The Cartesian product of `axes` (dotted key -> values), one run each.
 

@@ -8,7 +8,6 @@ here: a 32-wide, 1-block Mixer, batch 64, 500 test images, 10 baseline steps
 and one sweep run (patch 8) of 10 steps.
 """
 
-import os
 import pathlib
 
 import pytest

@@ -102,7 +102,8 @@ def test_report_rows_csv_markdown_png(tmp_path):
   with open(paths['markdown']) as f:
     md = f.read()
   assert '| run | hidden_dim | num_blocks | params |' in md
-  assert '| C64_L2 | 64 | 2 | 1.23M | 61.00 | 62.00 | 4 | 1:02:05 | 1,234 |' in md
+  assert ('| C64_L2 | 64 | 2 | 1.23M | 61.00 | 62.00 | 4 | 1:02:05 | 1,234 |'
+          in md)
   assert 'failed (ValueError: batch_size 7' in md
   assert '| C128_L4 | 128 | 4 |' in md and 'not started |' in md
   assert '`num_epochs=4`' in md

@@ -94,7 +94,8 @@ def test_shipped_sweeps_load(path):
     assert r.config.dataset == 'cifar10'
     assert r.columns  # Every sweep shows what it varies.
   # Every run differs from every other in a shown field.
-  assert len({json.dumps(r.fields(), sort_keys=True) for r in runs}) == len(runs)
+  shown = {json.dumps(r.fields(), sort_keys=True) for r in runs}
+  assert len(shown) == len(runs)
 
 
 def test_seed000_ablation_is_the_four_seed_variants():

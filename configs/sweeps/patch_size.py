@@ -1,6 +1,6 @@
 """Patch size 2 / 4 / 8 on CIFAR-10, everything else the baseline's.
 
-    python sweep.py --sweep=configs/sweeps/patch_size.py --workdir=workdirs/patch
+    python sweep.py --sweep=configs/sweeps/patch_size.py --workdir=workdirs/ps
 
 Base: `configs/cifar10_baseline.py` (seed 000 baseline: C = 256, 4 blocks,
 D_S = 128, D_C = 1024, its 100-epoch AdamW recipe). On 32x32 images the patch
