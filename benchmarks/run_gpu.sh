@@ -2,6 +2,8 @@
 # Issue-4 measurements on one GPU, in one call: this project's train step
 # beside timm + torch.compile for the same configs, then the cifar10_fast
 # recipe end to end. Prints JSON lines; copies them and the run folder to $OUT.
+# ONLY_SEEDS=1 instead runs configs/sweeps/seed_recipes.py (issue 4's table of
+# every seed model under one recipe).
 #
 # Prerequisites on the GPU machine (see docs/benchmarks.md):
 #   /tmp/site    ml_collections + clu wheels (pip --target), on PYTHONPATH
@@ -23,6 +25,14 @@ bench_pair() {  # config batch [extra flags...]
   log "$(python benchmarks/timm_peer.py --config="$cfg" --batch_size="$batch" \
         --steps=50 --repeats=5 2>/dev/null | tail -1)"
 }
+
+if [ "${ONLY_SEEDS:-0}" = 1 ]; then
+  # Every seed model under the cifar10_fast recipe. Resumable: call again
+  # (while the machine is warm) until all six runs are done.
+  python sweep.py --sweep=configs/sweeps/seed_recipes.py --workdir=/tmp/seeds \
+      2>&1 | grep -E "^sweep|error" ; cp /tmp/seeds/summary.* "$OUT/"
+  exit 0
+fi
 
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 bench_pair configs/cifar10_baseline.py 512
