@@ -3,11 +3,20 @@
 Where the data comes from, in order:
 
 1. `config.data_dir`, a local dataset folder (or a folder of datasets holding
-   a `<config.dataset>/` subfolder);
-2. `$MIXER_DATA_DIR/<config.dataset>/`, if that folder exists;
+   a `<config.dataset>/` subfolder) -- or a TFDS data dir holding the dataset
+   prepared by tfds (`<data_dir>/<dataset>/<version>/dataset_info.json`),
+   which is then read with tfds from there;
+2. `$MIXER_DATA_DIR/<config.dataset>/`, if that folder exists (a TFDS
+   prepared dataset there is read with tfds, as in 1.);
 3. TensorFlow Datasets by name (`cifar10`, `cifar100`, `fashion_mnist`,
    `mnist`, `oxford_iiit_pet`, ...), downloading into tfds's data dir
    (`$TFDS_DATA_DIR`, default `~/tensorflow_datasets`) if not prepared there.
+   Datasets that need a manual download (`imagenet2012`, `imagenet21k`) are
+   never downloaded: tfds builds them only from archives already in its
+   manual dir, and when they are missing a one-line error says how to
+   prepare them once (docs/imagenet.md). `imagenet21k` is not in tfds's
+   catalogue; it is read from its prepared files (big_vision's layout: a
+   `full` split).
 
 A local folder may hold any of these formats, detected automatically:
 
@@ -56,6 +65,7 @@ RandAugment and mixup still run on device). That path imports TensorFlow.
 
 import dataclasses
 import functools
+import glob
 import gzip
 import math
 import os
@@ -141,14 +151,78 @@ def _dataset_name(config) -> str:
   return str(config.dataset).split(':')[0].split('/')[0]
 
 
+# Datasets tfds cannot download: their builders need files the user fetches
+# by hand (or, for ImageNet-21k, a builder of one's own). Name -> how to
+# prepare it, for the error when it is missing.
+MANUAL_DATASETS = {
+    'imagenet2012': (
+        'ImageNet needs a manual download: put ILSVRC2012_img_train.tar and '
+        'ILSVRC2012_img_val.tar (image-net.org) in {data_dir}/downloads/manual/'
+        ', prepare it once with `python -c "import tensorflow_datasets as tfds;'
+        ' tfds.builder(\'imagenet2012\', data_dir=\'{data_dir}\')'
+        '.download_and_prepare()"`, then set config.data_dir={data_dir} '
+        '(docs/imagenet.md)'),
+    'imagenet21k': (
+        'ImageNet-21k is not in the public TFDS catalogue: download it from '
+        'image-net.org, prepare it as a TFDS dataset named imagenet21k (image, '
+        'label features; a "full" split, as big_vision) in a TFDS data dir '
+        'such as {data_dir}, then set config.data_dir to that folder '
+        '(docs/imagenet.md)'),
+}
+
+
+def _is_tfds_prepared(root: str, name: str) -> bool:
+  """Whether `root` is a TFDS data dir holding `name` prepared by tfds.
+
+  tfds writes `<root>/<name>/<version>/dataset_info.json`, or
+  `<root>/<name>/<config>/<version>/dataset_info.json` for builder configs.
+  """
+  base = os.path.join(root, name)
+  if not os.path.isdir(base):
+    return False
+  for pattern in ('*', os.path.join('*', '*')):
+    if glob.glob(os.path.join(base, pattern, 'dataset_info.json')):
+      return True
+  return False
+
+
+def tfds_data_dir(config) -> Optional[str]:
+  """The TFDS data dir to read `config.dataset` from; None: tfds's default.
+
+  `config.data_dir` (or `$MIXER_DATA_DIR` when data_dir is unset) is used as a
+  TFDS data dir when it holds the dataset prepared by tfds. For the
+  manual-download datasets (`MANUAL_DATASETS`) a `data_dir` without local
+  arrays is taken as a TFDS data dir too, so that a missing dataset is
+  reported with the way to prepare it there.
+  """
+  name = _dataset_name(config)
+  data_dir = str(config.get('data_dir', '') or '')
+  if data_dir:
+    data_dir = os.path.expanduser(data_dir)
+    if _is_tfds_prepared(data_dir, name):
+      return data_dir
+    if name in MANUAL_DATASETS and not (
+        _has_local_data(data_dir) or
+        _has_local_data(os.path.join(data_dir, name))):
+      return data_dir
+    return None
+  root = os.path.expanduser(os.environ.get(ENV_DATA_DIR, ''))
+  if root and _is_tfds_prepared(root, name):
+    return root
+  return None
+
+
 def local_dir(config) -> Optional[str]:
   """The local folder to read `config.dataset` from, or None for tfds.
 
   `config.data_dir` wins when set (its `<dataset>/` subfolder is used when
   `data_dir` is a folder of datasets rather than a dataset folder); else
-  `$MIXER_DATA_DIR/<dataset>` if that folder exists; else None.
+  `$MIXER_DATA_DIR/<dataset>` if that folder exists; else None. None too when
+  that folder is a TFDS data dir (`tfds_data_dir`).
   """
   name = _dataset_name(config)
+  if tfds_data_dir(config) is not None:
+    return None
   data_dir = str(config.get('data_dir', '') or '')
   if data_dir:
     data_dir = os.path.expanduser(data_dir)
@@ -168,7 +242,7 @@ def local_dir(config) -> Optional[str]:
 
 def _has_local_data(folder: str) -> bool:
   try:
-    return _detect_format(folder) is not None
+    return os.path.isdir(folder) and _detect_format(folder) is not None
   except OSError:
     return False
 
@@ -597,10 +671,27 @@ def _is_network_error(e: BaseException) -> bool:
   return False
 
 
-def _tfds_error(name: str, split: Optional[str], e: BaseException
-               ) -> DataError:
+def _manual_error(name: str, data_dir: Optional[str]) -> DataError:
+  """Says how to prepare a manual-download dataset (`MANUAL_DATASETS`)."""
+  base = name.split(':')[0].split('/')[0]
+  where = data_dir or _default_tfds_data_dir()
+  return DataError(f'{name!r} is not prepared in the TFDS data dir {where}. '
+                   + MANUAL_DATASETS[base].format(data_dir=where))
+
+
+def _default_tfds_data_dir() -> str:
+  return os.environ.get('TFDS_DATA_DIR', '') or os.path.join(
+      '~', 'tensorflow_datasets')
+
+
+def _tfds_error(name: str, split: Optional[str], e: BaseException,
+                data_dir: Optional[str] = None) -> DataError:
   """One-line DataError for a failed tfds call."""
   what = f'{name!r}' + (f' split {split!r}' if split else '')
+  base = name.split(':')[0].split('/')[0]
+  if base in MANUAL_DATASETS and type(e).__name__ in (
+      'DatasetNotFoundError', 'AssertionError'):
+    return _manual_error(name, data_dir)
   if type(e).__name__ == 'DatasetNotFoundError':
     return DataError(f'unknown dataset {name!r}: no local copy (config.'
                      f'data_dir, ${ENV_DATA_DIR}/{name}/) and tfds does not '
@@ -639,16 +730,50 @@ def _tfds_num_examples(info, split: str) -> Optional[int]:
     return None
 
 
+def _tfds_builder(config, split: Optional[str] = None):
+  """`config.dataset`'s tfds builder, prepared (downloading it if tfds can).
+
+  Reads from `tfds_data_dir(config)` (tfds's default data dir if None).
+  Manual-download datasets are only built from files already in the manual
+  dir; without them, a one-line DataError says how to prepare them.
+  """
+  tfds = _import_tfds()
+  name = str(config.dataset)
+  data_dir = tfds_data_dir(config)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.info.splits:
+      if _dataset_name(config) in MANUAL_DATASETS:
+        # Builds only from files already in the manual dir and never fetches
+        # anything (nor asks GCS): without them tfds raises, and the error
+        # below says how to get them. Better prepared once, before training.
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(
+                try_download_gcs=False))
+      else:
+        builder.download_and_prepare()
+  except Exception as e:  # pylint: disable=broad-except
+    raise _tfds_error(name, split, e, data_dir) from e
+  return builder
+
+
 @functools.lru_cache(maxsize=8)
-def _load_tfds_cached(name: str, split: str, hw: Tuple[int, int]):
+def _load_tfds_cached(name: str, split: str, hw: Tuple[int, int],
+                      data_dir: Optional[str] = None):
   tfds = _import_tfds()
   logging.info('Loading %s split %r with tfds (downloads and prepares it '
                'first if needed).', name, split)
+  base = name.split(':')[0].split('/')[0]
   try:
-    ds, info = tfds.load(name, split=split, with_info=True,
-                         shuffle_files=False)
+    download_config = None
+    if base in MANUAL_DATASETS:  # As in _tfds_builder.
+      download_config = tfds.download.DownloadConfig(try_download_gcs=False)
+    ds, info = tfds.load(
+        name, split=split, with_info=True, shuffle_files=False,
+        data_dir=data_dir,
+        download_and_prepare_kwargs={'download_config': download_config})
   except Exception as e:  # pylint: disable=broad-except
-    raise _tfds_error(name, split, e) from e
+    raise _tfds_error(name, split, e, data_dir) from e
   features = info.features
   if 'image' not in features or 'label' not in features:
     raise DataError(f'tfds dataset {name!r} has no image/label features '
@@ -705,7 +830,8 @@ def load_split(config, split: str) -> Tuple[np.ndarray, np.ndarray]:
   folder = local_dir(config)
   if folder is not None:
     return _load_local(config, folder, split)
-  return _load_tfds_cached(str(config.dataset), str(split), _image_hw(config))
+  return _load_tfds_cached(str(config.dataset), str(split), _image_hw(config),
+                           tfds_data_dir(config))
 
 
 def clear_cache() -> None:
@@ -749,15 +875,9 @@ def dataset_info(config) -> DatasetInfo:
 def _tfds_dataset_info(config) -> DatasetInfo:
   """DatasetInfo from tfds metadata, preparing the dataset if needed."""
   name = str(config.dataset)
-  tfds = _import_tfds()
-  try:
-    builder = tfds.builder(name)
-    if not builder.info.splits:
-      builder.download_and_prepare()
-    info = builder.info
-    features = info.features
-  except Exception as e:  # pylint: disable=broad-except
-    raise _tfds_error(name, None, e) from e
+  builder = _tfds_builder(config)
+  info = builder.info
+  features = info.features
   if 'image' not in features or 'label' not in features:
     raise DataError(f'tfds dataset {name!r} has no image/label features '
                     f'(it has {", ".join(features.keys())})')
@@ -930,10 +1050,8 @@ def _streaming_source(config, split: str, *, process_index: int,
                    channels=images.shape[-1])
   tfds = _import_tfds()
   name = str(config.dataset)
+  builder = _tfds_builder(config, split)
   try:
-    builder = tfds.builder(name)
-    if not builder.info.splits:
-      builder.download_and_prepare()
     num_examples = _tfds_num_examples(builder.info, split)
     if num_examples is None and shuffle_seed is None:
       # Split sizes unknown (mocked builders): count, for eval padding.
@@ -950,7 +1068,7 @@ def _streaming_source(config, split: str, *, process_index: int,
         read_config=read_config,
         decoders={'image': tfds.decode.SkipDecoding()})
   except Exception as e:  # pylint: disable=broad-except
-    raise _tfds_error(name, split, e) from e
+    raise _tfds_error(name, split, e, tfds_data_dir(config)) from e
   feature = builder.info.features['image']
   return _Source(
       ds, int(num_examples or 0), encoded=True,
@@ -965,12 +1083,15 @@ def _to_uint8(image):
 
 def _inception_crop(source: _Source, image, seed, hw: Tuple[int, int],
                     area_min: float):
-  """Random-resized crop (GoogLeNet / vit_jax style) to `hw`, uint8.
+  """Random-resized crop (GoogLeNet / vit_jax / big_vision style) to `hw`.
 
   A box covering a fraction [area_min, 1] of the image with aspect ratio in
   [3/4, 4/3] is drawn with stateless randomness from `seed` (so the crop of
-  an example depends only on the seed and its position in the stream), then
-  resized bilinearly. JPEGs decode only the cropped window.
+  an example depends only on the seed and its position in the stream), with
+  tf's default 100 attempts before falling back to the whole image, as
+  big_vision's `decode_jpeg_and_inception_crop` and vit_jax; then resized
+  bilinearly (no antialiasing) and rounded to uint8. JPEGs decode only the
+  cropped window.
   """
   tf = _import_tf()
   if source.encoded and source.jpeg:
@@ -983,7 +1104,7 @@ def _inception_crop(source: _Source, image, seed, hw: Tuple[int, int],
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
       shape, tf.zeros([0, 0, 4], tf.float32), seed=seed,
       area_range=(area_min, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
-      min_object_covered=0.0, max_attempts=10,
+      min_object_covered=0.0, max_attempts=100,
       use_image_if_no_bounding_boxes=True)
   if source.encoded and source.jpeg:
     window = tf.stack([begin[0], begin[1], size[0], size[1]])
@@ -1007,18 +1128,29 @@ def _resize(image, hw: Tuple[int, int]):
   return _to_uint8(tf.image.resize(image, hw))
 
 
-def _resize_center_crop(image, hw: Tuple[int, int], crop_fraction=0.875):
-  """Resizes the short side to min(hw) / 0.875, then crops `hw` centrally."""
+CENTER_CROP_FRACTION = 0.875  # 224 / 256: the usual ImageNet eval crop.
+
+
+def _resize_center_crop(image, hw: Tuple[int, int],
+                        crop_fraction: float = CENTER_CROP_FRACTION):
+  """big_vision's `resize_small(S)|central_crop(hw)`, S = max(hw) / 0.875.
+
+  The short side goes to S (256 for 224) keeping the aspect ratio (each side
+  rounded), with tf's 'area' resize and truncation to uint8 as big_vision's
+  `resize_small` does; then the central hw window is taken (offsets rounded
+  down). big_vision evaluates its ImageNet models (Mixer's included) so.
+  """
   tf = _import_tf()
   shape = tf.cast(tf.shape(image)[:2], tf.float32)
-  target = max(hw) / crop_fraction
+  target = float(int(round(max(hw) / crop_fraction)))
   scale = target / tf.reduce_min(shape)
   new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32),
                    tf.constant(hw, tf.int32))
-  image = tf.image.resize(image, new)
+  image = tf.image.resize(image, new, method='area')
+  image = tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8)
   top = (new[0] - hw[0]) // 2
   left = (new[1] - hw[1]) // 2
-  return _to_uint8(tf.slice(image, [top, left, 0], [hw[0], hw[1], -1]))
+  return tf.slice(image, [top, left, 0], [hw[0], hw[1], -1])
 
 
 def tfds_train_dataset(config, *, start_step: int = 0, process_index: int = 0,
@@ -1094,7 +1226,8 @@ def tfds_eval_dataset(config, *, process_index: int = 0,
   Yields {'image': uint8 [B_local, h, w, C] at config.image_size, 'label',
   'mask'}. `augment.eval_crop == 'resize'` resizes the whole image (vit_jax's
   fine-tuning eval); 'center' resizes the short side to image_size / 0.875
-  and crops the centre (the usual ImageNet eval). Each process reads its own
+  and crops the centre (the usual ImageNet eval, big_vision's
+  `resize_small(256)|central_crop(224)`). Each process reads its own
   even share of the split and pads it to the same number of batches, so
   every process yields ceil(ceil(N / P) / B_local) batches and each example
   is seen exactly once over all processes.

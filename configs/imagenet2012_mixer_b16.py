@@ -1,0 +1,23 @@
+r"""Mixer-B/16 pre-trained on ImageNet-1k: paper Table 4, row 1.
+
+300 epochs at batch 4096, Adam (0.9, 0.999), lr 1e-3 with 10k warmup steps then
+linear decay, weight decay 0.1 (decoupled, kernels only), clipping at global
+norm 1, RandAugment(2, 15) with big_vision's ops, mixup 0.5, dropout 0,
+stochastic depth 0.1, Inception crop + flip at 224. Built by
+`configs.common.paper_table4`.
+
+    python train.py --config=configs/imagenet2012_mixer_b16.py \
+        --config.data_dir=/path/to/tensorflow_datasets --workdir=W
+
+`--config=configs/imagenet2012_mixer_b16.py:gpu8` is the smaller variant one
+8-GPU machine can run (batch 512, lr and warmup scaled, fewer epochs);
+docs/imagenet.md gives both commands, how to prepare the data and the expected
+cost.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  """`arg`: '' or 'paper' (Table 4 as published), or 'gpu8'."""
+  return common.paper_table4('B/16', 'imagenet2012', arg)
