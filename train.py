@@ -5,30 +5,153 @@ r"""Trains and evaluates an MLP-Mixer: the project's main job.
         --config.num_train_steps=200 --config.batch_size=128
 
 Any config field can be overridden as `--config.<field>=<value>`. Running
-again with the same workdir resumes from its latest checkpoint.
+again with the same workdir resumes from its latest checkpoint (run length,
+cadences and data location may change; see `mixer.train.RESUMABLE_FIELDS`).
+A workdir that holds a run with another config is refused, listing the
+differing fields; `--overwrite` deletes that run's checkpoints, metrics and
+results and starts over.
+
+Errors in what the run was given (config, data, workdir, a NaN loss, a
+checkpoint that cannot be written) print one line `error: <message>` on
+stderr and exit with status 1, without a traceback; `--debug` (or
+MIXER_DEBUG=1) shows the traceback instead. See docs/guarantees.md.
+
+Multi-host (one process per host, each feeding its own slice of the global
+batch): `--multihost` calls `jax.distributed.initialize()` first, which
+detects TPU pods, SLURM, Open MPI, ... or reads $JAX_COORDINATOR_ADDRESS;
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` give the
+values explicitly (e.g. several CPU processes on one machine, which use gloo
+collectives). Every process runs the same command; only process 0 writes
+metrics, config.json and results.json.
 """
+
+import os
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from mixer import train
-
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file (configs/<name>.py).',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Folder for checkpoints, metrics and results.')
+_OVERWRITE = flags.DEFINE_bool(
+    'overwrite', False, 'Delete the checkpoints, metrics, results and '
+    'TensorBoard events already in --workdir and start over (otherwise a '
+    'workdir holding a run with another config is refused).')
+_DEBUG = flags.DEFINE_bool(
+    'debug', False, 'Show the traceback of errors instead of one line '
+    '(also MIXER_DEBUG=1).')
+_MULTIHOST = flags.DEFINE_bool(
+    'multihost', False, 'Call jax.distributed.initialize() before training '
+    '(auto-detects TPU pods, SLURM, ...; implied by --coordinator_address).')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'Multi-host: HOST:PORT of process 0.')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Multi-host: number of processes.')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'Multi-host: index of this process.')
+
+# Errors about the run's inputs (the project raises ValueError subclasses
+# such as DataError and WorkdirError, OSErrors such as CheckpointWriteError,
+# and FloatingPointError for a non-finite loss): reported in one line.
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+
+
+def _debug(argv=None) -> bool:
+  if os.environ.get('MIXER_DEBUG', '') not in ('', '0'):
+    return True
+  if argv is not None:  # Flags not parsed yet.
+    return any(a in ('--debug', '-debug', '--debug=true', '--debug=True',
+                     '--debug=1') for a in argv[1:])
+  return _DEBUG.value
+
+
+def one_line(text: str, limit: int = 2000) -> str:
+  text = ' '.join(str(text).split())
+  return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+def _fail(message: str, status: int = 1):
+  print(f'error: {one_line(message)}', file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _override_error(e: BaseException, argv) -> str:
+  """ml_collections' error for `--config.foo=1` on a field that does not
+  exist (a bare "'foo'" KeyError/AttributeError), as one sentence."""
+  import re  # pylint: disable=g-import-not-at-top
+  text = str(e)  # Nested reprs: "'foo'" or '\'\\\'foo\\\'\\nDid you mean...'
+  name = re.search(r'[A-Za-z_]\w*', text)
+  name = name.group() if name else text
+  hint = re.search(r'Did you mean \W*(\w+)', text)
+  given = [a for a in argv[1:] if a.startswith('--config.') and
+           re.split(r'[.=]', a[len('--config.'):].split('=')[0])[-1] == name]
+  if given:
+    field = given[0][len('--config.'):].split('=')[0]
+    message = f'unknown config field {field!r} in {given[0]}'
+  else:
+    message = f'unknown config field {name!r}'
+  return message + (f'; did you mean {hint.group(1)!r}?' if hint else '')
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with every error (including ml_collections'
+  overrides of unknown fields) as one `error:` line."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    if _debug(argv):
+      raise
+    if isinstance(e, flags.Error):
+      _fail(str(e))
+    if isinstance(e, (AttributeError, KeyError)):
+      _fail(_override_error(e, argv))
+    _fail(f'{type(e).__name__}: {e}')
+
+
+def _initialize_distributed() -> None:
+  explicit = {k: v for k, v in (('coordinator_address', _COORDINATOR.value),
+                                ('num_processes', _NUM_PROCESSES.value),
+                                ('process_id', _PROCESS_ID.value))
+              if v is not None}
+  if not (_MULTIHOST.value or explicit):
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    jax.distributed.initialize(**explicit)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'multi-host: jax.distributed.initialize() failed: '
+                     f'{type(e).__name__}: {e}') from e
+  logging.info('Multi-host: process %d of %d, %d local / %d global devices',
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.INFO)
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    _initialize_distributed()
+    # Imported here so that flag errors are reported without loading JAX.
+    from mixer import train  # pylint: disable=g-import-not-at-top
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                             overwrite=_OVERWRITE.value)
+  except USER_ERRORS as e:
+    if _debug():
+      raise
+    _fail(e)
+  except KeyboardInterrupt:
+    if _debug():
+      raise
+    _fail('interrupted; run the same command again to resume from the last '
+          'checkpoint', status=130)
 
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

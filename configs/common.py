@@ -70,6 +70,11 @@ def base(model, *, dataset, image_size, channels=3, **overrides):
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.steps_per_dispatch = 1  # Train steps fused per dispatch (lax.scan).
+  # A step whose loss, gradients or new parameters are NaN/Inf stops the run
+  # (the last checkpoint stays the last good state); True drops such updates
+  # instead (params and optimizer state unchanged) and counts them in the
+  # metrics as `skipped_steps`. See docs/guarantees.md.
+  c.skip_nonfinite_steps = False
   # Fine-tuning start point: '' (train from scratch), an official `.npz` or
   # one of this project's orbax checkpoints (workdir, its checkpoints/ dir or
   # a step dir); see mixer.checkpoints.load_init_params. The paper's

@@ -2,11 +2,14 @@
 
 Training state lives in `workdir/checkpoints/<step>/` written by an orbax
 `CheckpointManager`: asynchronous, atomic (a step folder only appears once
-fully written; unfinished temporary folders are cleaned up on start) and
-keeping the newest `config.keep_checkpoints`. Each step holds two items:
-`state` (a pytree: step, params, opt_state, rng) and `meta` (JSON: the config
-and the data position), so a run resumes where it stopped, RNG and data order
-included.
+fully written; unfinished temporary folders are cleaned up on start, and a
+step folder without its commit metadata is moved to
+`workdir/checkpoints_incomplete/` with a warning) and keeping the newest
+`config.keep_checkpoints`. Each step holds two items: `state` (a pytree:
+step, params, opt_state, rng) and `meta` (JSON: the config and the data
+position), so a run resumes where it stopped, RNG and data order included.
+A failed write (e.g. disk full) raises `CheckpointWriteError`, one line that
+names the newest complete checkpoint, which stays restorable.
 
 Official checkpoints (the paper's, published at gs://mixer_models/) are flat
 `.npz` files keyed by '/'-joined parameter paths, the same names this
@@ -17,10 +20,16 @@ differ, and the paper's Appendix C token-mixing initialisation
 (`change_resolution`) when fine-tuning at a higher resolution.
 """
 
+import errno
+import json
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple
+import shutil
+import time
+import weakref
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
+from etils import epath
 import flax
 from flax import traverse_util
 import jax
@@ -29,27 +38,216 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 CHECKPOINT_SUBDIR = 'checkpoints'
+# Incomplete step folders are moved here (never deleted).
+INCOMPLETE_SUBDIR = 'checkpoints_incomplete'
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (disk full, permissions, ...).
+
+  The message is one user-facing line naming the step, the cause and the
+  newest complete checkpoint, which stays restorable.
+  """
 
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
 
 
+def is_complete(step_dir: str) -> bool:
+  """Whether an orbax step folder was fully written (committed).
+
+  Orbax writes `<step>.orbax-checkpoint-tmp-*` and renames it when done, so on
+  a local disk a `<step>/` folder is complete; a copy interrupted halfway, a
+  file system without atomic renames or a hand-edited folder can still leave
+  one without its commit metadata or an item: such folders are not used.
+  """
+  try:
+    with open(os.path.join(step_dir, '_CHECKPOINT_METADATA')) as f:
+      meta = json.load(f)
+  except (OSError, ValueError):
+    return False
+  if not isinstance(meta, dict) or not meta.get('commit_timestamp_nsecs'):
+    return False
+  return (os.path.isfile(os.path.join(step_dir, 'state', '_METADATA')) and
+          os.path.isfile(os.path.join(step_dir, 'meta', 'metadata')))
+
+
+def complete_steps(directory: str) -> List[int]:
+  """Sorted steps of the complete step folders in a `checkpoints/` folder."""
+  try:
+    names = os.listdir(directory)
+  except FileNotFoundError:
+    return []
+  return sorted(int(n) for n in names
+                if n.isdigit() and is_complete(os.path.join(directory, n)))
+
+
+def _set_aside(step_dir: str, reason: str) -> str:
+  """Moves an unusable step folder to `<workdir>/checkpoints_incomplete/`."""
+  workdir = os.path.dirname(os.path.dirname(os.path.abspath(step_dir)))
+  dest_dir = os.path.join(workdir, INCOMPLETE_SUBDIR)
+  os.makedirs(dest_dir, exist_ok=True)
+  dest = os.path.join(dest_dir, os.path.basename(step_dir))
+  if os.path.exists(dest):
+    dest += f'-{time.time_ns()}'
+  os.replace(step_dir, dest)
+  logging.warning('Ignoring checkpoint %s (%s); moved it to %s', step_dir,
+                  reason, dest)
+  return dest
+
+
+def set_aside_incomplete(directory: str) -> List[str]:
+  """Clears incomplete `<step>/` folders out of the way of a resume.
+
+  Orbax itself removes unfinished `*.orbax-checkpoint-tmp-*` folders
+  (`cleanup_tmp_directories`). This handles step folders that look final
+  but lack their commit metadata or an item:
+
+  * older than the newest complete step: what remains of an old checkpoint
+    whose deletion (orbax deletes beyond `max_to_keep` with a plain rmtree
+    once a newer step is committed) was interrupted; removed.
+  * newer: a copy or a write on a file system without atomic renames that
+    did not finish; moved to `<workdir>/checkpoints_incomplete/` with a
+    warning, never deleted.
+
+  Returns the new locations of the folders moved.
+  """
+  moved = []
+  try:
+    names = sorted(os.listdir(directory))
+  except FileNotFoundError:
+    return moved
+  done = complete_steps(directory)
+  for name in names:
+    path = os.path.join(directory, name)
+    if not (name.isdigit() and os.path.isdir(path)) or is_complete(path):
+      continue
+    if done and int(name) < done[-1]:
+      logging.info('Removing %s: an old checkpoint whose deletion was '
+                   'interrupted', path)
+      shutil.rmtree(path, ignore_errors=True)
+    else:
+      moved.append(_set_aside(path, 'incomplete: no commit metadata or a '
+                                    'missing item'))
+  return moved
+
+
 def manager(workdir: str, *, keep: int = 3, async_save: bool = True,
             read_only: bool = False) -> ocp.CheckpointManager:
-  """The orbax manager for `workdir/checkpoints` (created if needed)."""
+  """The orbax manager for `workdir/checkpoints` (created if needed).
+
+  Unless `read_only`, incomplete step folders are first moved to
+  `workdir/checkpoints_incomplete/` (by process 0) and unfinished temporary
+  folders are deleted (by orbax), so the latest step is a complete one.
+  """
+  directory = checkpoint_dir(workdir)
+  if not read_only:
+    if jax.process_index() == 0:
+      set_aside_incomplete(directory)
+    _sync('mixer_checkpoints_set_aside')
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=not read_only, read_only=read_only,
       enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(
-      checkpoint_dir(workdir), item_names=('state', 'meta'), options=options)
+      directory, item_names=('state', 'meta'), options=options)
+
+
+def _sync(name: str) -> None:
+  """A barrier across processes (no-op with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+def _root_cause(e: BaseException) -> BaseException:
+  """The first OSError in `e`'s cause chain, else `e` itself."""
+  seen, cur = set(), e
+  while cur is not None and id(cur) not in seen:
+    if isinstance(cur, OSError):
+      return cur
+    seen.add(id(cur))
+    cur = cur.__cause__ or cur.__context__
+  return e
+
+
+def _write_error(mgr: ocp.CheckpointManager, step: Optional[int],
+                 e: BaseException) -> CheckpointWriteError:
+  """One line: which step failed, why, and which checkpoint is intact."""
+  cause = _root_cause(e)
+  text = ' '.join(str(cause).split()) or type(cause).__name__
+  if len(text) > 300:
+    text = text[:297] + '...'
+  directory = str(mgr.directory)
+  done = complete_steps(directory)
+  what = f'checkpoint step {step}' if step is not None else 'a checkpoint'
+  intact = (f'the latest complete checkpoint, step {done[-1]}, is intact'
+            if done else 'no complete checkpoint exists yet')
+  code = getattr(cause, 'errno', None)
+  hint = ('; free some disk space and run again to resume'
+          if code == errno.ENOSPC else '')
+  return CheckpointWriteError(
+      code or errno.EIO, f'cannot write {what} to {directory}: '
+      f'{type(cause).__name__}: {text}; {intact}{hint}')
+
+
+# The step of each manager's last save, to name it if its (asynchronous)
+# write fails later.
+_LAST_SAVE = weakref.WeakKeyDictionary()
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state: Any,
          meta: dict) -> bool:
-  """Starts saving `state` (host or device arrays) at `step`; async."""
-  return mgr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+  """Starts saving `state` (host or device arrays) at `step`; async.
+
+  First waits for the previous save (orbax does too), so that its failure
+  is reported with its step.
+
+  Raises:
+    CheckpointWriteError: this save or the previous one failed (disk full,
+      permissions, ...); one line naming the step and the cause.
+  """
+  wait_until_finished(mgr)
+  try:
+    saved = mgr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+  except Exception as e:  # pylint: disable=broad-except
+    raise _write_error(mgr, step, e) from e
+  _LAST_SAVE[mgr] = step
+  return saved
+
+
+def wait_until_finished(mgr: ocp.CheckpointManager) -> None:
+  """Blocks until pending saves are committed; errors as in `save`."""
+  step = _LAST_SAVE.pop(mgr, None)
+  try:
+    mgr.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except
+    raise _write_error(mgr, step, e) from e
+
+
+def _saved_params_metadata(step_dir: str) -> Dict[str, Any]:
+  """{'a/kernel': metadata with .shape} of a step's saved params."""
+  meta = ocp.StandardCheckpointHandler().metadata(
+      epath.Path(os.path.join(step_dir, 'state')))
+  tree = getattr(meta, 'tree', meta)
+  return traverse_util.flatten_dict(_unfreeze(tree['params']), sep='/')
+
+
+def _check_params_fit(step_dir: str, target: Any) -> None:
+  """One ValueError if the saved params do not fit `target['params']`."""
+  try:
+    saved = _saved_params_metadata(step_dir)
+  except Exception:  # pylint: disable=broad-except
+    return  # Unreadable metadata: let the restore itself report it.
+  problems = _shape_problems(saved, flatten_params_shapes(target['params']),
+                             source='the checkpoint')
+  if problems:
+    more = f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''
+    raise ValueError(
+        f'checkpoint {step_dir} does not fit the model: {problems[0]}{more}; '
+        'it was written by a run with another model config (use another '
+        'workdir, or train.py --overwrite to start over)')
 
 
 def restore(mgr: ocp.CheckpointManager, target: Any,
@@ -57,14 +255,30 @@ def restore(mgr: ocp.CheckpointManager, target: Any,
   """(step, state, meta) of `step` (default: latest), or None if none exists.
 
   `target` is a pytree of the expected structure (e.g. the freshly
-  initialised state); arrays come back with its shapes and dtypes.
+  initialised state, a dict with 'params'); arrays come back with its shapes
+  and dtypes.
+
+  Raises:
+    ValueError: one line, when the saved params' paths or shapes differ from
+      `target`'s (a run with another model config), or when the step cannot
+      be read (damaged files); the message names the step folder.
   """
   step = mgr.latest_step() if step is None else step
   if step is None:
     return None
+  step_dir = os.path.join(str(mgr.directory), str(step))
+  if isinstance(target, dict) and 'params' in target:
+    _check_params_fit(step_dir, target)
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
-  restored = mgr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+  try:
+    restored = mgr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+  except Exception as e:  # pylint: disable=broad-except
+    text = ' '.join(str(e).split())
+    raise ValueError(
+        f'cannot restore checkpoint {step_dir}: {type(e).__name__}: '
+        f'{text[:300]}; if it is damaged, move that folder away to resume '
+        'from the previous checkpoint') from e
   logging.info('Restored checkpoint step %d from %s', step, mgr.directory)
   return step, restored['state'], restored['meta']
 
@@ -72,7 +286,8 @@ def restore(mgr: ocp.CheckpointManager, target: Any,
 def restore_params(path: str) -> Any:
   """Params from one of this project's checkpoints, without a target tree.
 
-  `path` may be a workdir, its `checkpoints/` folder, or one step folder.
+  `path` may be a workdir, its `checkpoints/` folder, or one step folder
+  (a folder of steps gives its latest complete one).
   """
   path = os.path.abspath(path)
   if os.path.isdir(os.path.join(path, CHECKPOINT_SUBDIR)):
@@ -80,7 +295,7 @@ def restore_params(path: str) -> Any:
   if os.path.isdir(os.path.join(path, 'state')):
     step_dir = path
   else:
-    steps = sorted((int(d) for d in os.listdir(path) if d.isdigit()))
+    steps = complete_steps(path)
     if not steps:
       raise ValueError(f'no checkpoint found in {path}')
     step_dir = os.path.join(path, str(steps[-1]))

@@ -9,24 +9,39 @@
   still runs.
 * `Progress` logs steps/s, images/s and the ETA; it also drives clu's
   `periodic_actions.ReportProgress` when that is importable.
+
+clu's writers are imported on first use by the chief process only, so the
+other processes of a multi-host run never import TensorFlow.
+
+Every field of a `metrics.jsonl` record except `TIMING_FIELDS` is a function
+of the config and seed: two runs of one config on the same platform, or a
+run that was killed and resumed, write the same records once those fields
+are dropped (`read_records(..., drop_timing=True)`).
 """
 
 import json
 import os
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from absl import logging
 from clu import metrics as clu_metrics
 import flax
 import numpy as np
 
-try:  # clu's writers and periodic actions import TensorFlow.
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
-except ImportError:  # pragma: no cover - exercised on the TF-less GPU box.
-  metric_writers = None
-  periodic_actions = None
+# Wall-clock fields of metrics.jsonl records (they differ between runs).
+TIMING_FIELDS = ('images_per_sec',)
+
+
+def _clu_writers():
+  """(metric_writers, periodic_actions) from clu, or (None, None) without
+  TensorFlow (both import it)."""
+  try:
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+    from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+  except ImportError:  # pragma: no cover - exercised on the TF-less GPU box.
+    return None, None
+  return metric_writers, periodic_actions
 
 
 @flax.struct.dataclass
@@ -62,9 +77,10 @@ class MetricsWriter:
                resume_step: int = 0, use_tensorboard: bool = True):
     self.is_chief = is_chief
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    if metric_writers is not None and use_tensorboard:
-      self._writer = metric_writers.create_default_writer(
-          workdir, just_logging=not is_chief)
+    metric_writers = (_clu_writers()[0] if is_chief and use_tensorboard
+                      else None)
+    if metric_writers is not None:
+      self._writer = metric_writers.create_default_writer(workdir)
     else:
       self._writer = None
     if is_chief:
@@ -112,6 +128,26 @@ class MetricsWriter:
       self._writer.close()
 
 
+def read_records(workdir: str, *, drop_timing: bool = False
+                 ) -> List[Dict[str, Any]]:
+  """The records of `workdir/metrics.jsonl` (a torn last line is skipped).
+
+  With `drop_timing`, without `TIMING_FIELDS`: what two runs of the same
+  config and seed, interrupted or not, have in common.
+  """
+  records = []
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      if drop_timing:
+        record = {k: v for k, v in record.items() if k not in TIMING_FIELDS}
+      records.append(record)
+  return records
+
+
 def format_duration(seconds: float) -> str:
   if not np.isfinite(seconds):
     return '?'
@@ -132,7 +168,9 @@ class Progress:
     self._s0 = start_step
     self._last = (time.time(), start_step)
     self._report = None
-    if periodic_actions is not None and writer is not None:
+    periodic_actions = _clu_writers()[1] if writer is not None and \
+        writer._writer is not None else None  # pylint: disable=protected-access
+    if periodic_actions is not None:
       self._report = periodic_actions.ReportProgress(
           num_train_steps=total_steps, every_secs=None, every_steps=None,
           writer=writer._writer)  # pylint: disable=protected-access
