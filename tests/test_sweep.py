@@ -91,7 +91,7 @@ def test_shipped_sweeps_load(path):
   assert len(runs) >= 3
   for r in runs:
     assert r.config.model.num_classes == 10
-    assert r.config.dataset == 'cifar10'
+    assert r.config.dataset in ('cifar10', 'fashion_mnist')
     assert r.columns  # Every sweep shows what it varies.
   # Every run differs from every other in a shown field.
   shown = {json.dumps(r.fields(), sort_keys=True) for r in runs}
