@@ -34,19 +34,30 @@ from absl import logging
 from mixer import report
 from mixer import sweeps
 
-_SWEEP = flags.DEFINE_string(
-    'sweep', None, 'Sweep file (configs/sweeps/<name>.py), optionally '
-    '`path:arg` to call get_sweep(arg).')
-_WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Sweep folder: one sub-folder per run plus the summary.')
-_SET = flags.DEFINE_multi_string(
-    'set', [], 'key=value applied to every run after its own overrides, e.g. '
-    '--set=num_train_steps=20 --set=model.hidden_dim=32 (repeatable).')
-_ONLY = flags.DEFINE_list(
-    'only', [], 'Train only these runs (comma-separated names); the summary '
-    'still lists all.')
-_DRY_RUN = flags.DEFINE_bool(
-    'dry_run', False, 'List the runs and their overrides, train nothing.')
+_SWEEP = None
+_WORKDIR = None
+_SET = None
+_ONLY = None
+_DRY_RUN = None
+
+
+def define_flags():
+  """Defines the command-line flags (only when run as a program, so that
+  importing this module next to other CLIs never redefines a flag)."""
+  global _SWEEP, _WORKDIR, _SET, _ONLY, _DRY_RUN
+  _SWEEP = flags.DEFINE_string(
+      'sweep', None, 'Sweep file (configs/sweeps/<name>.py), optionally '
+      '`path:arg` to call get_sweep(arg).')
+  _WORKDIR = flags.DEFINE_string(
+      'workdir', None, 'Sweep folder: one sub-folder per run plus the summary.')
+  _SET = flags.DEFINE_multi_string(
+      'set', [], 'key=value applied to every run after its own overrides, e.g. '
+      '--set=num_train_steps=20 --set=model.hidden_dim=32 (repeatable).')
+  _ONLY = flags.DEFINE_list(
+      'only', [], 'Train only these runs (comma-separated names); the summary '
+      'still lists all.')
+  _DRY_RUN = flags.DEFINE_bool(
+      'dry_run', False, 'List the runs and their overrides, train nothing.')
 
 RESULTS = 'results.json'
 ERROR = 'error.txt'
@@ -190,6 +201,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   flags.mark_flags_as_required(['sweep'])
   flags.register_multi_flags_validator(
       ['workdir', 'dry_run'], lambda f: bool(f['workdir']) or f['dry_run'],

@@ -35,19 +35,32 @@ from mixer import models
 from mixer import optim
 from mixer import train as train_lib
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config file.', lock_config=False)
-_BATCH = flags.DEFINE_integer('batch_size', None,
-                              'Global batch (default: the config).')
-_DTYPE = flags.DEFINE_string('dtype', 'bfloat16',
-                             "Compute dtype: 'bfloat16' or 'float32'.")
-_STEPS = flags.DEFINE_integer('steps', 20, 'Train steps per timed repeat.')
-_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats (median).')
-_PER_DISPATCH = flags.DEFINE_integer(
-    'steps_per_dispatch', 1, 'Steps fused per dispatch (lax.scan).')
-_PEAK_N = flags.DEFINE_integer(
-    'peak_matmul_size', 0, 'Side of the square bf16 matmul used to measure '
-    'the peak (0: 8192 on accelerators, 1024 on CPU).')
+_CONFIG = None
+_BATCH = None
+_DTYPE = None
+_STEPS = None
+_REPEATS = None
+_PER_DISPATCH = None
+_PEAK_N = None
+
+
+def define_flags():
+  """Defines the command-line flags (only when run as a program, so that
+  importing this module next to other CLIs never redefines a flag)."""
+  global _CONFIG, _BATCH, _DTYPE, _STEPS, _REPEATS, _PER_DISPATCH, _PEAK_N
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', None, 'Experiment config file.', lock_config=False)
+  _BATCH = flags.DEFINE_integer('batch_size', None,
+                                'Global batch (default: the config).')
+  _DTYPE = flags.DEFINE_string('dtype', 'bfloat16',
+                               "Compute dtype: 'bfloat16' or 'float32'.")
+  _STEPS = flags.DEFINE_integer('steps', 20, 'Train steps per timed repeat.')
+  _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats (median).')
+  _PER_DISPATCH = flags.DEFINE_integer(
+      'steps_per_dispatch', 1, 'Steps fused per dispatch (lax.scan).')
+  _PEAK_N = flags.DEFINE_integer(
+      'peak_matmul_size', 0, 'Side of the square bf16 matmul used to measure '
+      'the peak (0: 8192 on accelerators, 1024 on CPU).')
 
 
 def measure_peak_tflops(n: int = 0) -> float:
@@ -176,5 +189,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   flags.mark_flags_as_required(['config'])
   app.run(main)

@@ -42,12 +42,21 @@ except ImportError:  # Same formula as training (vit_jax).
   def normalize(images):
     return jnp.asarray(images).astype(jnp.float32) / 127.5 - 1.0
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file the checkpoint was trained with.',
-    lock_config=False)
-_CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', None, 'Official .npz file or orbax workdir/checkpoint dir.')
-_TOP_K = flags.DEFINE_integer('top_k', 5, 'Classes printed per image.')
+_CONFIG = None
+_CHECKPOINT = None
+_TOP_K = None
+
+
+def define_flags():
+  """Defines the command-line flags (only when run as a program, so that
+  importing this module next to other CLIs never redefines a flag)."""
+  global _CONFIG, _CHECKPOINT, _TOP_K
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', None, 'Config file the checkpoint was trained with.',
+      lock_config=False)
+  _CHECKPOINT = flags.DEFINE_string(
+      'checkpoint', None, 'Official .npz file or orbax workdir/checkpoint dir.')
+  _TOP_K = flags.DEFINE_integer('top_k', 5, 'Classes printed per image.')
 
 CENTER_CROP_FRACTION = 0.875  # As mixer.input_pipeline's eval center crop.
 
@@ -186,4 +195,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -21,8 +21,15 @@ import numpy as np
 
 from mixer import models
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config file.', lock_config=True)
+_CONFIG = None
+
+
+def define_flags():
+  """Defines the command-line flags (only when run as a program, so that
+  importing this module next to other CLIs never redefines a flag)."""
+  global _CONFIG
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', None, 'Experiment config file.', lock_config=True)
 
 
 def input_shape(config) -> Tuple[int, int, int]:
@@ -131,5 +138,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   flags.mark_flags_as_required(['config'])
   app.run(main)
