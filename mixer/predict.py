@@ -33,14 +33,9 @@ from ml_collections import config_flags
 import numpy as np
 
 from mixer import checkpoints
+from mixer import input_pipeline
 from mixer import models
-
-try:
-  from mixer.augment import normalize  # pylint: disable=g-import-not-at-top
-except ImportError:  # Same formula as training (vit_jax).
-
-  def normalize(images):
-    return jnp.asarray(images).astype(jnp.float32) / 127.5 - 1.0
+from mixer.augment import normalize
 
 _CONFIG = None
 _CHECKPOINT = None
@@ -60,22 +55,12 @@ def define_flags():
 
 CENTER_CROP_FRACTION = 0.875  # As mixer.input_pipeline's eval center crop.
 
-# Used when the input pipeline cannot name the classes (e.g. no data here).
-KNOWN_CLASS_NAMES = {
-    'cifar10': ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
-                'frog', 'horse', 'ship', 'truck'),
-    'fashion_mnist': ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
-                      'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot'),
-}
-
-
 def _pipeline_class_names(config):
   """Class names the input pipeline knows, without loading or downloading
   data: its table of known names, `dataset_info` for a local dataset folder,
   else the tfds builder's metadata (part of tfds's code, no download)."""
-  from mixer import input_pipeline  # pylint: disable=g-import-not-at-top
   name = str(config.dataset).split(':')[0]
-  known = getattr(input_pipeline, 'KNOWN_CLASS_NAMES', {}).get(name)
+  known = input_pipeline.KNOWN_CLASS_NAMES.get(name)
   if known:
     return known
   if input_pipeline.local_dir(config) is not None:
@@ -85,15 +70,13 @@ def _pipeline_class_names(config):
 
 
 def class_names(config, num_classes: int) -> List[str]:
-  """The dataset's class names (see `_pipeline_class_names`), else a table
-  known here, else 'class N'."""
-  names = None
+  """The dataset's class names (see `_pipeline_class_names`), else
+  'class N'."""
+  names = []
   try:
     names = list(_pipeline_class_names(config) or ())
   except Exception as e:  # pylint: disable=broad-except
     logging.info('No class names from the input pipeline: %s', e)
-  if not names or len(names) != num_classes:
-    names = list(KNOWN_CLASS_NAMES.get(config.dataset, ()))
   if len(names) != num_classes:
     names = [f'class {i}' for i in range(num_classes)]
   return [str(n) for n in names]

@@ -14,6 +14,7 @@ from configs import common
 from configs import models as model_configs
 from mixer import checkpoints
 from mixer import models
+from mixer import input_pipeline
 from mixer import predict
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -72,7 +73,7 @@ def test_cli_prints_top5_per_image(setup):
   assert out.returncode == 0, out.stderr
   lines = out.stdout.strip().splitlines()
   assert len(lines) == 2 * 6, out.stdout
-  cifar10 = set(predict.KNOWN_CLASS_NAMES['cifar10'])
+  cifar10 = set(input_pipeline.KNOWN_CLASS_NAMES['cifar10'])
   for i, image in enumerate(images):
     block = lines[6 * i:6 * i + 6]
     assert block[0] == image
@@ -105,7 +106,7 @@ def test_predict_matches_model_and_checks_inputs(setup, tmp_path):
   x = predict.normalize(predict.load_image(images[1], config)[None])
   probs = np.asarray(jax.nn.softmax(model.apply({'params': params}, x,
                                                 train=False)))[0]
-  top = [(predict.KNOWN_CLASS_NAMES['cifar10'][i], probs[i])
+  top = [(input_pipeline.KNOWN_CLASS_NAMES['cifar10'][i], probs[i])
          for i in np.argsort(-probs)[:5]]
   assert [n for n, _ in results[1][1]] == [n for n, _ in top]
   np.testing.assert_allclose([p for _, p in results[1][1]],
