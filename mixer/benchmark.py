@@ -96,7 +96,7 @@ def run(config, *, batch_size: int, dtype: str, steps: int, repeats: int,
     raise ValueError(f'batch_size {batch_size} must be a multiple of '
                      f'devices x grad_accum_steps = {n_dev * accum}')
   model = models.build_model(config.model)
-  shape = train_lib.image_shape(config)
+  shape = models.input_shape(config)
   model.check(shape)
   total = max(steps * (repeats + 1), 2)
   # The real optimizer; warmup shortened if longer than the benchmark.

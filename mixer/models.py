@@ -56,6 +56,14 @@ def patch_hw(patches: Any) -> Tuple[int, int]:
   return size
 
 
+def input_shape(config: Any) -> Tuple[int, int, int]:
+  """(h, w, c) of one model input, from an experiment config's
+  `image_size` (int or (h, w)) and `channels` (default 3)."""
+  size = config.image_size
+  h, w = (size, size) if isinstance(size, int) else tuple(size)
+  return (int(h), int(w), int(config.get('channels', 3)))
+
+
 def get_activation(name: str) -> Callable[[jnp.ndarray], jnp.ndarray]:
   if name not in ACTIVATIONS:
     raise ValueError(f'model.activation must be one of {sorted(ACTIVATIONS)}, '

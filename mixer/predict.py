@@ -82,11 +82,6 @@ def class_names(config, num_classes: int) -> List[str]:
   return [str(n) for n in names]
 
 
-def _image_hw(config) -> Tuple[int, int]:
-  size = config.image_size
-  return (size, size) if isinstance(size, int) else tuple(size)
-
-
 def load_image(path: str, config) -> np.ndarray:
   """uint8 [H, W, C] of `config.image_size` and `config.channels`.
 
@@ -98,7 +93,7 @@ def load_image(path: str, config) -> np.ndarray:
   tf.image.resize does not: pixels can differ slightly from the pipeline's).
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  h, w = _image_hw(config)
+  h, w, _ = models.input_shape(config)
   try:
     with Image.open(path) as im:
       im = im.convert('L' if config.channels == 1 else 'RGB')
@@ -123,7 +118,7 @@ def load_image(path: str, config) -> np.ndarray:
 def load_model_params(config, checkpoint: str):
   """(model, params), checking the checkpoint fits `config.model` exactly."""
   model = models.build_model(config.model)
-  shape = _image_hw(config) + (int(config.channels),)
+  shape = models.input_shape(config)
   model.check(shape)
   expected = jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape),

@@ -32,13 +32,6 @@ def define_flags():
       'config', None, 'Experiment config file.', lock_config=True)
 
 
-def input_shape(config) -> Tuple[int, int, int]:
-  """(h, w, c) of one model input from `config.image_size` / `config.channels`."""
-  size = config.image_size
-  h, w = (size, size) if isinstance(size, int) else tuple(size)
-  return (int(h), int(w), int(config.get('channels', 3)))
-
-
 def abstract_params(model: models.MlpMixer, shape):
   """The parameter tree as ShapeDtypeStructs: nothing allocated or computed."""
   x = jax.ShapeDtypeStruct((1,) + tuple(shape), jnp.float32)
@@ -115,7 +108,7 @@ def format_table(table, total: int, title: str = '') -> str:
 def summarize(config) -> str:
   """The summary text for `config` (model from `config.model`)."""
   model = models.build_model(config.model)
-  shape = input_shape(config)
+  shape = models.input_shape(config)
   model.check(shape)
   table = rows(model, shape)
   total = count_params(abstract_params(model, shape))

@@ -93,12 +93,6 @@ def all_finite(tree: Any) -> jnp.ndarray:
   return jnp.stack(flags).all() if flags else jnp.array(True)
 
 
-def image_shape(config) -> Tuple[int, int, int]:
-  size = config.image_size
-  h, w = (size, size) if isinstance(size, int) else tuple(size)
-  return (int(h), int(w), int(config.channels))
-
-
 def create_train_state(config, model, tx, rng, *,
                        load_init_checkpoint: bool = True) -> TrainState:
   """Initial state (the paper's initialisers), built in one jitted call.
@@ -108,7 +102,7 @@ def create_train_state(config, model, tx, rng, *,
   are then replaced by the checkpoint's (fine-tuning) and the optimizer state
   re-initialised.
   """
-  x = jnp.zeros((1,) + image_shape(config), jnp.float32)
+  x = jnp.zeros((1,) + models.input_shape(config), jnp.float32)
 
   @jax.jit
   def init(rng):
@@ -237,7 +231,7 @@ class Trainer:
     self.process_count = jax.process_count()
     self.info = input_pipeline.dataset_info(config)
     self.model = models.build_model(config.model)
-    self.model.check(image_shape(config))
+    self.model.check(models.input_shape(config))
     if config.model.num_classes != self.info.num_classes:
       raise ValueError(
           f'model.num_classes is {config.model.num_classes} but dataset '
@@ -280,7 +274,7 @@ class Trainer:
     # Arrays in host memory at the model's resolution go straight to the
     # step; anything else (ImageNet-scale data, Inception crops, resizing
     # CIFAR to 224 for fine-tuning) streams through tf.data.
-    shape = image_shape(config)
+    shape = models.input_shape(config)
     if self.info.image_shape[2] != shape[2]:
       raise ValueError(
           f'config.channels is {shape[2]} but {config.dataset!r} images have '

@@ -36,7 +36,7 @@ def test_config_builds_and_validates(name):
                 'checkpoint_every_steps', 'seed', 'model'):
     assert field in config, field
   model = models.build_model(config.model)
-  model.check(train.image_shape(config))
+  model.check(models.input_shape(config))
   optim.make_optimizer(config, total_steps=max(config.warmup_steps + 1,
                                                10_000))
   augment.make_train_augment(config.augment, config.model.num_classes)
