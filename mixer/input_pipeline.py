@@ -131,6 +131,9 @@ class DatasetInfo:
     class_names: one name per class, in label order.
     in_memory: whether `load_split`/`train_batches` can hold the data in host
       memory (False only for very large tfds datasets such as ImageNet).
+    fixed_size: False when the stored images vary in size (Pets, Flowers):
+      `load_split` then resizes whole images to `config.image_size`, so a
+      'center' eval crop must stream through `tfds_eval_dataset` instead.
   """
   name: str
   num_classes: int
@@ -139,6 +142,7 @@ class DatasetInfo:
   image_shape: Tuple[int, int, int]
   class_names: Tuple[str, ...]
   in_memory: bool = True
+  fixed_size: bool = True
 
 
 # ----------------------------------------------------------------------------
@@ -882,7 +886,8 @@ def _tfds_dataset_info(config) -> DatasetInfo:
     raise DataError(f'tfds dataset {name!r} has no image/label features '
                     f'(it has {", ".join(features.keys())})')
   shape = tuple(features['image'].shape)
-  if any(d is None for d in shape):
+  fixed_size = not any(d is None for d in shape)
+  if not fixed_size:
     shape = _image_hw(config) + (shape[-1] or int(config.channels),)
   num_train = _tfds_num_examples(info, config.train_split)
   num_eval = _tfds_num_examples(info, config.eval_split)
@@ -898,7 +903,8 @@ def _tfds_dataset_info(config) -> DatasetInfo:
       name=name, num_classes=int(label.num_classes), num_train=int(num_train),
       num_eval=int(num_eval), image_shape=tuple(int(d) for d in shape),
       class_names=tuple(class_names),
-      in_memory=num_train * math.prod(shape) <= MAX_IN_MEMORY_BYTES)
+      in_memory=num_train * math.prod(shape) <= MAX_IN_MEMORY_BYTES,
+      fixed_size=fixed_size)
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:

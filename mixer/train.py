@@ -282,7 +282,8 @@ class Trainer:
     same_size = tuple(self.info.image_shape[:2]) == shape[:2]
     self.stream_train = not (self.info.in_memory and same_size
                              and config.augment.crop != 'inception')
-    self.stream_eval = not (self.info.in_memory and same_size)
+    self.stream_eval = not (self.info.in_memory and same_size) or (
+        not self.info.fixed_size and config.augment.eval_crop == 'center')
     if config.input_pipeline == 'device' and self.stream_train:
       raise ValueError(
           "input_pipeline='device' needs the training set in memory at the "

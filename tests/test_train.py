@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mixer import checkpoints
+from mixer import input_pipeline
 from mixer import train
 from tests.conftest import REPO
 from tests.conftest import tiny_config
@@ -188,3 +189,19 @@ def test_resized_inception_crop_input_streams_through_tf_data(tmp_path,
   with pytest.raises(ValueError, match="input_pipeline='device' needs"):
     train.train_and_evaluate(
         tiny_config(image_size=48, input_pipeline='device'), str(tmp_path / 'd'))
+
+
+@pytest.mark.parametrize('fixed_size,eval_crop,streams', [
+    (True, 'center', False), (False, 'resize', False), (False, 'center', True)])
+def test_variable_size_in_memory_data_streams_a_center_eval_crop(
+    monkeypatch, fixed_size, eval_crop, streams):
+  # Pets/Flowers-like tfds data small enough for memory: load_split resizes
+  # whole images, which is right for a 'resize' eval only.
+  info = input_pipeline.DatasetInfo(
+      name='pets', num_classes=10, num_train=1000, num_eval=100,
+      image_shape=(32, 32, 3), class_names=tuple(map(str, range(10))),
+      in_memory=True, fixed_size=fixed_size)
+  monkeypatch.setattr(input_pipeline, 'dataset_info', lambda config: info)
+  trainer = train.Trainer(tiny_config(**{'augment.eval_crop': eval_crop}))
+  assert trainer.stream_eval == streams
+  assert not trainer.stream_train
