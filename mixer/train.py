@@ -677,11 +677,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   writer.flush()
 
   skip_nonfinite = bool(config.get('skip_nonfinite_steps', False))
+  # The whole log, steps before a resume included.
+  logged = (metrics_lib.read_records(workdir) if os.path.exists(
+      os.path.join(workdir, 'metrics.jsonl')) else [])
   results = {
       'status': 'done',
       'final_eval_accuracy': last_eval['eval_accuracy'],
       'final_eval_loss': last_eval['eval_loss'],
-      'best_eval_accuracy': max(best_acc, _best_in_log(workdir)),
+      'best_eval_accuracy': max(
+          [best_acc] + [r.get('eval_accuracy', 0.0) for r in logged]),
       'eval_examples': last_eval['eval_examples'],
       'steps': step,
       'epochs': step / trainer.steps_per_epoch,
@@ -696,7 +700,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       'config': config_json,
   }
   if skip_nonfinite:
-    results['skipped_steps'] = int(_sum_in_log(workdir, 'skipped_steps'))
+    results['skipped_steps'] = int(
+        sum(r.get('skipped_steps', 0) for r in logged))
   if is_chief:
     _write_json_atomic(os.path.join(workdir, 'results.json'), results)
   writer.close()
@@ -826,31 +831,3 @@ def _prefetch(chunks: Iterator[Tuple[int, Any]], size: int = 2
       yield queue.popleft()
   while queue:
     yield queue.popleft()
-
-
-def _sum_in_log(workdir: str, key: str) -> float:
-  """Sum of `key` over metrics.jsonl (e.g. skipped steps over resumes)."""
-  total = 0.0
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          total += json.loads(line).get(key, 0)
-        except ValueError:
-          continue
-  return total
-
-
-def _best_in_log(workdir: str) -> float:
-  """Best eval accuracy in metrics.jsonl (covers steps before a resume)."""
-  best = 0.0
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          best = max(best, json.loads(line).get('eval_accuracy', 0.0))
-        except ValueError:
-          continue
-  return best
