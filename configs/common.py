@@ -11,7 +11,7 @@ from configs import models
 
 
 def base(model, *, dataset, image_size, channels=3, **overrides):
-  """Returns a complete, unlocked-for-nothing ConfigDict.
+  """Returns a complete ConfigDict: every field the training loop reads.
 
   Args:
     model: a `config.model` ConfigDict from `configs.models`.
@@ -30,7 +30,10 @@ def base(model, *, dataset, image_size, channels=3, **overrides):
   c.data_dir = ''  # '' -> $MIXER_DATA_DIR/<dataset> if present, else tfds.
   c.image_size = image_size
   c.channels = channels
-  c.input_pipeline = 'host'  # 'host' (tfds/numpy batches) or 'device'.
+  # 'host': batches fed from host memory (or streamed through tf.data when the
+  # data is too large, needs resizing or Inception crops); 'device': the
+  # uint8 dataset lives on the accelerator, only indices are sent per step.
+  c.input_pipeline = 'host'
   c.shuffle_buffer = 50_000
   c.train_split = 'train'
   c.eval_split = 'test'
