@@ -27,7 +27,7 @@ dtype (e.g. bfloat16 activations with float32 parameters) and `num_classes=0`
 for a headless feature extractor returning the pooled representation.
 """
 
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax

@@ -15,7 +15,6 @@ the scaling by the learning rate.
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ('adam', 'adamw', 'sgd')

@@ -6,7 +6,6 @@ a 4x4 token grid) with random parameters; nothing touches the network.
 """
 
 import os
-import zipfile
 
 import jax
 import jax.numpy as jnp

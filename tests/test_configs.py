@@ -1,9 +1,7 @@
 """Every experiment config builds, validates and trains with its recipe."""
 
 import importlib
-import pathlib
 
-import jax
 import jax.numpy as jnp
 import pytest
 
