@@ -7,7 +7,7 @@ JPEG-encoded; synthetic images where CIFAR-10 is absent), and a tiny
 `imagenet21k` in big_vision's layout (one 'full' split, 21843 classes),
 written with `tfds.dataset_builders.store_as_tfds_dataset`. Both land in a
 TFDS data dir that `config.data_dir` points at, and are read by the very
-code that reads the real datasets (`mixer.input_pipeline`). Nothing is ever
+code that reads the real datasets (`mixer.data`). Nothing is ever
 downloaded.
 
 The benchmark times the host side alone -- `tfds_train_dataset` /
@@ -212,7 +212,7 @@ def _table4_config(data_dir: str, batch_size: int, image_size: int = 224):
 def run(num_images: int, batch_size: int, batches: int, warmup: int,
         augment: bool, workdir: Optional[str] = None, grain: float = 30.0):
   """Prints one JSON line per measurement; returns them as dicts."""
-  from mixer import input_pipeline as ip
+  from mixer import data as ip
   results = []
   cores = os.cpu_count()
 

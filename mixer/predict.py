@@ -33,7 +33,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from mixer import checkpoints
-from mixer import input_pipeline
+from mixer import data
 from mixer import models
 from mixer.augment import normalize
 
@@ -53,18 +53,17 @@ def define_flags():
       'checkpoint', None, 'Official .npz file or orbax workdir/checkpoint dir.')
   _TOP_K = flags.DEFINE_integer('top_k', 5, 'Classes printed per image.')
 
-CENTER_CROP_FRACTION = 0.875  # As mixer.input_pipeline's eval center crop.
 
 def _pipeline_class_names(config):
   """Class names the input pipeline knows, without loading or downloading
   data: its table of known names, `dataset_info` for a local dataset folder,
   else the tfds builder's metadata (part of tfds's code, no download)."""
   name = str(config.dataset).split(':')[0]
-  known = input_pipeline.KNOWN_CLASS_NAMES.get(name)
+  known = data.KNOWN_CLASS_NAMES.get(name)
   if known:
     return known
-  if input_pipeline.local_dir(config) is not None:
-    return input_pipeline.dataset_info(config).class_names
+  if data.local_dir(config) is not None:
+    return data.dataset_info(config).class_names
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   return tfds.builder(str(config.dataset)).info.features['label'].names
 
@@ -101,7 +100,7 @@ def load_image(path: str, config) -> np.ndarray:
       if im.size != (w, h):
         if augment.get('eval_crop', 'center') == 'center':
           iw, ih = im.size
-          scale = max(h, w) / CENTER_CROP_FRACTION / min(iw, ih)
+          scale = max(h, w) / data.CENTER_CROP_FRACTION / min(iw, ih)
           nw, nh = max(round(iw * scale), w), max(round(ih * scale), h)
           im = im.resize((nw, nh), Image.BILINEAR)
           left, top = (nw - w) // 2, (nh - h) // 2

@@ -47,7 +47,7 @@ import optax
 
 from mixer import augment
 from mixer import checkpoints
-from mixer import input_pipeline
+from mixer import data
 from mixer import metrics as metrics_lib
 from mixer import models
 from mixer import optim
@@ -229,7 +229,7 @@ class Trainer:
     self.num_devices = jax.local_device_count()
     self.process_index = jax.process_index()
     self.process_count = jax.process_count()
-    self.info = input_pipeline.dataset_info(config)
+    self.info = data.dataset_info(config)
     self.model = models.build_model(config.model)
     self.model.check(models.input_shape(config))
     if config.model.num_classes != self.info.num_classes:
@@ -308,8 +308,8 @@ class Trainer:
 
   def host_chunks(self, start_step: int) -> Iterator[Tuple[int, Any]]:
     """Yields (k, (images, labels)) with k steps stacked on axis 1."""
-    source = (input_pipeline.tfds_train_dataset if self.stream_train
-              else input_pipeline.train_batches)
+    source = (data.tfds_train_dataset if self.stream_train
+              else data.train_batches)
     batches = source(self.config, start_step=start_step,
                      process_index=self.process_index,
                      process_count=self.process_count)
@@ -336,7 +336,7 @@ class Trainer:
         e, pos = divmod(s, self.steps_per_epoch)
         if e != epoch:
           epoch = e
-          perm = input_pipeline.epoch_permutation(
+          perm = data.epoch_permutation(
               self.config.seed, e, self.info.num_train)
         glob = perm[pos * self.batch_size:(pos + 1) * self.batch_size]
         idx.append(self._split(glob[lo:lo + b_local].astype(np.int32)))
@@ -357,8 +357,8 @@ class Trainer:
   def evaluate(self, params) -> Dict[str, float]:
     """Loss and accuracy over every eval example (padding masked out)."""
     totals = None
-    source = (input_pipeline.tfds_eval_dataset if self.stream_eval
-              else input_pipeline.eval_batches)
+    source = (data.tfds_eval_dataset if self.stream_eval
+              else data.eval_batches)
     for b in source(self.config, process_index=self.process_index,
                     process_count=self.process_count):
       shard = lambda x: x.reshape((self.num_devices, -1) + x.shape[1:])
@@ -715,10 +715,10 @@ def _train_loop(trainer: Trainer, config, workdir: str, mgr, writer,
   """Steps from `start_step` to the end; returns (step, last eval, best eval
   accuracy, timed seconds, timed steps)."""
   if config.input_pipeline == 'device':
-    images, labels = input_pipeline.load_split(config, config.train_split)
-    data = (replicate(images), replicate(labels.astype(np.int32)))
+    images, labels = data.load_split(config, config.train_split)
+    resident = (replicate(images), replicate(labels.astype(np.int32)))
     chunks = trainer.index_chunks(start_step)
-    run = lambda st, xs: trainer.p_train_indexed(st, *xs, *data)
+    run = lambda st, xs: trainer.p_train_indexed(st, *xs, *resident)
   elif config.input_pipeline == 'host':
     chunks = _prefetch(trainer.host_chunks(start_step), size=2)
     run = lambda st, xs: trainer.p_train(st, *xs)

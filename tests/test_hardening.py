@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 from mixer import checkpoints
-from mixer import input_pipeline
+from mixer import data as input_pipeline
 from mixer import metrics
 from mixer import models
 from mixer import optim

@@ -14,7 +14,7 @@ from configs import common
 from configs import models as model_configs
 from mixer import checkpoints
 from mixer import models
-from mixer import input_pipeline
+from mixer import data as input_pipeline
 from mixer import predict
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -22,7 +22,9 @@ import pytest
 from configs import common
 from configs import models as model_specs
 from mixer import augment
-from mixer import input_pipeline as ip
+from mixer import data as ip
+from mixer.data import stream as data_stream
+from mixer.data import tfds as data_tfds
 from mixer import models
 from mixer import optim
 from mixer import train
@@ -276,7 +278,7 @@ def test_standin_reads_through_tfds_split_per_process(tfds_dir):
   # Each process reads its own disjoint share; together, the whole split.
   names = []
   for p in range(2):
-    source = ip._streaming_source(c, 'train', process_index=p,
+    source = data_stream._streaming_source(c, 'train', process_index=p,
                                   process_count=2, shuffle_seed=None)
     assert source.encoded and source.jpeg
     names.append({ex['file_name'] for ex in source.ds.as_numpy_iterator()})
@@ -361,7 +363,7 @@ def test_augmentations_are_applied(name, tfds_dir):
 def test_recipe_trains_end_to_end(name, tfds_dir, tmp_path, monkeypatch):
   # As for the real ImageNet, the stand-in does not count as fitting in host
   # memory, so training and evaluation stream through tf.data.
-  monkeypatch.setattr(ip, 'MAX_IN_MEMORY_BYTES', 0)
+  monkeypatch.setattr(data_tfds, 'MAX_IN_MEMORY_BYTES', 0)
   shapes = []
 
   def spy(source):

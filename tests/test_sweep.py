@@ -140,7 +140,7 @@ def _mtime(path):
   return os.stat(path).st_mtime_ns
 
 
-@pytest.mark.skipif(not (REPO / 'mixer' / 'input_pipeline.py').exists(),
+@pytest.mark.skipif(not (REPO / 'mixer' / 'data' / '__init__.py').exists(),
                     reason='the input pipeline is not in this checkout yet')
 def test_real_sweep_resumes_and_reports(tmp_path, data_dir, monkeypatch):
   monkeypatch.setenv('MIXER_DATA_DIR', str(data_dir))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mixer import checkpoints
-from mixer import input_pipeline
+from mixer import data as input_pipeline
 from mixer import train
 from tests.conftest import REPO
 from tests.conftest import tiny_config

@@ -1,4 +1,4 @@
-"""Tests for mixer/input_pipeline.py on the real CIFAR-10 / Fashion-MNIST files.
+"""Tests for mixer/data/ on the real CIFAR-10 / Fashion-MNIST files.
 
 The real data live in $MIXER_DATA_DIR (default ../shared/data beside the
 checkout); tests that need them skip when they are absent. The other local
@@ -20,7 +20,7 @@ import pytest
 
 from configs import common
 from configs import models
-from mixer import input_pipeline as ip
+from mixer import data as ip
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = pathlib.Path(os.environ.get(
@@ -428,7 +428,7 @@ def test_local_data_needs_no_tensorflow(tmp_path):
       "sys.modules['tensorflow'] = None\n"
       "sys.modules['tensorflow_datasets'] = None\n"
       'import ml_collections\n'
-      'from mixer import input_pipeline as ip\n'
+      'from mixer import data as ip\n'
       "c = ml_collections.ConfigDict(dict(dataset='tiny', data_dir=sys.argv[1],"
       " train_split='train', eval_split='test', batch_size=2,"
       ' eval_batch_size=3, seed=0, image_size=4))\n'

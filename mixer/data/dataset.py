@@ -1,0 +1,84 @@
+"""A split in host memory and a dataset's facts, from whichever source has it.
+
+Owns the choice between a local folder (`mixer.data.local`) and tfds
+(`mixer.data.tfds`) for `load_split` and `dataset_info`. Never imports
+TensorFlow itself.
+"""
+
+import os
+from typing import Tuple
+
+import numpy as np
+
+from mixer.data import local
+from mixer.data import locate
+from mixer.data import splits
+from mixer.data import tfds as tfds_source
+from mixer.data.base import DataError
+from mixer.data.base import DatasetInfo
+from mixer.data.base import KNOWN_CLASS_NAMES
+from mixer.data.base import dataset_name
+
+
+def load_split(config, split: str) -> Tuple[np.ndarray, np.ndarray]:
+  """A whole split in host memory: (images uint8 [N,H,W,C], labels int32 [N]).
+
+  `split` follows tfds syntax ('train', 'test', 'train[:90%]',
+  'train[45000:]', 'train+test'); percent slices round as tfds does. Loaded
+  arrays are cached per (folder, split) in this process and returned
+  read-only (slices are views), so train and eval never read a file twice.
+  Variable-size tfds images (Pets, Flowers) are resized to
+  `config.image_size`; everything else keeps its stored pixels.
+
+  Raises:
+    DataError: missing, corrupt or misshaped data, or tfds failing (e.g. no
+      network to download); the message is one line naming the file.
+  """
+  folder = locate.local_dir(config)
+  if folder is not None:
+    return local.load(config, folder, split)
+  return tfds_source.load(config, split)
+
+
+def clear_cache() -> None:
+  """Forgets every cached split (tests; or after replacing files on disk)."""
+  local.load_full.cache_clear()
+  tfds_source.clear_cache()
+
+
+def dataset_info(config) -> DatasetInfo:
+  """Sizes, classes and image shape of `config.dataset`'s two splits."""
+  name = dataset_name(config)
+  folder = locate.local_dir(config)
+  if folder is None:
+    return tfds_source.dataset_info(config)
+  train_images, train_labels = load_split(config, config.train_split)
+  eval_images, eval_labels = load_split(config, config.eval_split)
+  if train_images.shape[1:] != eval_images.shape[1:]:
+    raise DataError(f'{folder}: train images are {train_images.shape[1:]} but '
+                    f'eval images are {eval_images.shape[1:]}')
+  num_classes = local.num_classes_hint(config)
+  stored_names = None
+  for sub in splits.parse_split(config.train_split)[:1]:
+    stored_names = local.load_full(os.path.abspath(folder), sub.name,
+                                   num_classes)[2]
+  if name in KNOWN_CLASS_NAMES:
+    class_names = KNOWN_CLASS_NAMES[name]
+  elif stored_names:
+    class_names = stored_names
+  else:
+    if num_classes is None:
+      num_classes = int(max(train_labels.max(initial=-1),
+                            eval_labels.max(initial=-1))) + 1
+    class_names = tuple(str(i) for i in range(num_classes))
+  return DatasetInfo(
+      name=str(config.dataset), num_classes=len(class_names),
+      num_train=len(train_labels), num_eval=len(eval_labels),
+      image_shape=tuple(int(d) for d in train_images.shape[1:]),
+      class_names=tuple(class_names), in_memory=True)
+
+
+def steps_per_epoch(config) -> int:
+  """Full global batches per epoch (the remainder of each epoch is dropped)."""
+  return dataset_info(config).num_train // int(config.batch_size)
+
