@@ -1,7 +1,7 @@
 r"""Train-step throughput and MFU: `python -m mixer.benchmark --config=...`.
 
 Times the real training step of this project -- the function `train.py`
-runs (`mixer.train.make_train_step` under `jax.pmap`, augmentation,
+runs (`mixer.step.make_train_step` under `jax.pmap`, augmentation,
 optimizer, clipping and weight decay included) -- on synthetic uint8 data
 already on device, after warm-up, as the median of several repeats. Prints
 one JSON line:
@@ -33,7 +33,8 @@ import numpy as np
 from mixer import flops as flops_lib
 from mixer import models
 from mixer import optim
-from mixer import train as train_lib
+from mixer import devices
+from mixer import step as step_lib
 
 _CONFIG = None
 _BATCH = None
@@ -104,15 +105,15 @@ def run(config, *, batch_size: int, dtype: str, steps: int, repeats: int,
     config = _no_warmup(config)
   schedule = optim.learning_rate_schedule(config, total)
   tx = optim.make_optimizer(config, total)
-  step = train_lib.make_train_step(config, model, tx, schedule,
+  step = step_lib.make_train_step(config, model, tx, schedule,
                                    config.model.num_classes)
-  p_multi = jax.pmap(train_lib.make_multi_step(step), axis_name='batch',
+  p_multi = jax.pmap(step_lib.make_multi_step(step), axis_name='batch',
                      donate_argnums=(0,))
-  state = train_lib.create_train_state(
+  state = step_lib.create_train_state(
       _without_init_checkpoint(config), model, tx, jax.random.PRNGKey(0))
   num_params = sum(int(np.prod(p.shape))
                    for p in jax.tree_util.tree_leaves(state.params))
-  pstate = train_lib.replicate(state)
+  pstate = devices.replicate(state)
 
   k = max(1, steps_per_dispatch)
   micro = batch_size // (n_dev * accum)
@@ -120,7 +121,7 @@ def run(config, *, batch_size: int, dtype: str, steps: int, repeats: int,
   images = rng.integers(0, 256, (n_dev, k, accum, micro) + shape, np.uint8)
   labels = rng.integers(0, config.model.num_classes,
                         (n_dev, k, accum, micro)).astype(np.int32)
-  images, labels = train_lib.shard(images), train_lib.shard(labels)
+  images, labels = devices.shard(images), devices.shard(labels)
 
   dispatches = max(1, steps // k)
   pstate, m = p_multi(pstate, images, labels)  # compile + warm-up

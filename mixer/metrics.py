@@ -9,6 +9,8 @@
   still runs.
 * `Progress` logs steps/s, images/s and the ETA; it also drives clu's
   `periodic_actions.ReportProgress` when that is importable.
+* `UnloggedSteps` keeps the per-step train metrics between two log steps on
+  the host (and in checkpoints), so a resumed run logs the same averages.
 
 clu's writers are imported on first use by the chief process only, so the
 other processes of a multi-host run never import TensorFlow.
@@ -200,3 +202,54 @@ class Progress:
     return (f'step {step}/{self.total_steps} ({pct:.1f}%) {extra}'
             f'{rates["images_per_sec"]:,.0f} img/s, '
             f'ETA {format_duration(rates["eta_seconds"])}')
+
+
+_STEP_KEYS = ('train_loss', 'train_accuracy', 'learning_rate', 'grad_norm')
+
+
+class UnloggedSteps:
+  """Per-step train metrics since the last log step, on the host.
+
+  Saved in every checkpoint's `meta` (exact float32 values survive JSON), so
+  a run resumed between two log steps logs the same averages as one that was
+  never interrupted.
+  """
+
+  def __init__(self, saved: Optional[Dict[str, Any]] = None):
+    self.clear()
+    if saved:
+      self.steps = [int(s) for s in saved['step']]
+      self.finite = [bool(f) for f in saved['finite']]
+      for k in _STEP_KEYS:
+        self.values[k] = [np.float32(v) for v in saved[k]]
+
+  def clear(self) -> None:
+    self.steps: List[int] = []
+    self.values = {k: [] for k in _STEP_KEYS}
+    self.finite: List[bool] = []
+
+  def add(self, first_step: int, fetched: Dict[str, np.ndarray]) -> None:
+    n = len(fetched['finite'])
+    self.steps.extend(range(first_step + 1, first_step + 1 + n))
+    self.finite.extend(bool(f) for f in fetched['finite'])
+    for k in _STEP_KEYS:
+      self.values[k].extend(np.asarray(fetched[k], np.float32).tolist())
+
+  def to_json(self) -> Dict[str, Any]:
+    return {'step': list(self.steps), 'finite': list(self.finite),
+            **{k: [float(v) for v in vals] for k, vals in self.values.items()}}
+
+  def record(self, skip_nonfinite: bool) -> Dict[str, Any]:
+    """Means over this interval's finite steps; clears the interval."""
+    ok = np.asarray(self.finite, bool)
+    record = {}
+    for k in ('train_loss', 'train_accuracy', 'grad_norm'):
+      vals = np.asarray(self.values[k], np.float32)[ok]
+      if vals.size:
+        record[k] = float(np.mean(vals, dtype=np.float64))
+    if self.values['learning_rate']:
+      record['learning_rate'] = float(self.values['learning_rate'][-1])
+    if skip_nonfinite:
+      record['skipped_steps'] = int((~ok).sum())
+    self.clear()
+    return record

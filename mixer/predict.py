@@ -32,9 +32,10 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
-from mixer import checkpoints
 from mixer import data
 from mixer import models
+from mixer import params as params_lib
+from mixer import pretrained
 from mixer.augment import normalize
 
 _CONFIG = None
@@ -122,9 +123,9 @@ def load_model_params(config, checkpoint: str):
   expected = jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape),
                          train=False))['params']
-  params = checkpoints.load_params(checkpoint)
+  params = pretrained.load_params(checkpoint)
   try:
-    checkpoints.check_params(params, expected,
+    params_lib.check_params(params, expected,
                              source=f'checkpoint {checkpoint}')
   except ValueError as e:
     raise ValueError(f'{e} (is --config the one {checkpoint} was trained '

@@ -34,7 +34,9 @@ from mixer import data as input_pipeline
 from mixer import metrics
 from mixer import models
 from mixer import optim
+from mixer import step as step_lib
 from mixer import train
+from mixer import workdir as workdir_lib
 from tests.conftest import REPO
 from tests.conftest import shared_data_dir
 from tests.conftest import tiny_config
@@ -190,7 +192,7 @@ def test_incomplete_step_folder_is_set_aside(tmp_path, reference):
   shutil.rmtree(os.path.join(bad, 'state'))
   mgr = checkpoints.manager(str(workdir))
   config = tiny_config(**KILL_RUN)
-  target = train._state_for_saving(train.create_train_state(  # pylint: disable=protected-access
+  target = step_lib.state_dict(step_lib.create_train_state(  # pylint: disable=protected-access
       config, models.build_model(config.model),
       optim.make_optimizer(config, 12), jax.random.PRNGKey(0)))
   step, _, meta = checkpoints.restore(mgr, target)
@@ -210,7 +212,7 @@ def poison(monkeypatch):
   """Makes the loss (hence the gradients) of step POISONED_STEP NaN: its
   labels become -1 (one-hot all zeros), which the patched loss turns into
   NaN. Only the test changes; the loop is the real one."""
-  cross_entropy = train.cross_entropy
+  cross_entropy = step_lib.cross_entropy
 
   def poisoned_cross_entropy(logits, soft_labels, label_smoothing=0.0):
     loss = cross_entropy(logits, soft_labels, label_smoothing)
@@ -226,7 +228,7 @@ def poison(monkeypatch):
         batch = dict(batch, label=np.full_like(batch['label'], -1))
       yield batch
 
-  monkeypatch.setattr(train, 'cross_entropy', poisoned_cross_entropy)
+  monkeypatch.setattr(step_lib, 'cross_entropy', poisoned_cross_entropy)
   monkeypatch.setattr(input_pipeline, 'train_batches', poisoned_batches)
 
 
@@ -330,7 +332,7 @@ def test_checkpoint_of_another_model_or_class_count(tmp_path, data_dir,
                        init_checkpoint=str(reference),
                        **{'model.num_classes': 5})
   trainer = train.Trainer(config)
-  state = train.create_train_state(config, trainer.model, trainer.tx,
+  state = step_lib.create_train_state(config, trainer.model, trainer.tx,
                                    jax.random.PRNGKey(0))
   assert state.params['head']['kernel'].shape == (32, 5)
   assert not np.any(state.params['head']['kernel'])
@@ -339,7 +341,7 @@ def test_checkpoint_of_another_model_or_class_count(tmp_path, data_dir,
   # Resuming the 10-class run's workdir with it: refused, fields listed.
   workdir = tmp_path / 'copy'
   shutil.copytree(reference, workdir)
-  with pytest.raises(train.WorkdirError) as e:
+  with pytest.raises(workdir_lib.WorkdirError) as e:
     train.train_and_evaluate(config, str(workdir))
   text = _one_line(e)
   assert 'dataset ("cifar10" -> "toy5")' in text
@@ -347,7 +349,7 @@ def test_checkpoint_of_another_model_or_class_count(tmp_path, data_dir,
   # Restoring a checkpoint into a model it does not fit: one line.
   mgr = checkpoints.manager(str(workdir), read_only=True)
   with pytest.raises(ValueError) as e:
-    checkpoints.restore(mgr, train._state_for_saving(state))
+    checkpoints.restore(mgr, step_lib.state_dict(state))
   mgr.close()
   assert 'head/kernel has shape (32, 10) but the model expects (32, 5)' in \
       _one_line(e)
@@ -370,7 +372,7 @@ def test_workdir_not_writable(tmp_path, data_dir):
   else:
     pytest.skip('no unwritable folder available')
   try:
-    with pytest.raises(train.WorkdirError) as e:
+    with pytest.raises(workdir_lib.WorkdirError) as e:
       train.train_and_evaluate(tiny_config(), str(workdir))
   finally:
     locked.chmod(0o700)
@@ -378,14 +380,14 @@ def test_workdir_not_writable(tmp_path, data_dir):
   if not os.access(locked, os.W_OK):  # An existing workdir, not writable.
     locked.chmod(0o500)
     try:
-      with pytest.raises(train.WorkdirError) as e:
+      with pytest.raises(workdir_lib.WorkdirError) as e:
         train.train_and_evaluate(tiny_config(), str(locked))
     finally:
       locked.chmod(0o700)
     assert f'workdir {locked} is not writable: ' in _one_line(e)
   # A file where the workdir should be.
   (tmp_path / 'file').write_text('x')
-  with pytest.raises(train.WorkdirError, match='cannot create workdir'):
+  with pytest.raises(workdir_lib.WorkdirError, match='cannot create workdir'):
     train.train_and_evaluate(tiny_config(), str(tmp_path / 'file'))
   assert (tmp_path / 'file').read_text() == 'x'
 
@@ -429,7 +431,7 @@ def test_workdir_of_another_run_is_refused_unless_overwrite(tmp_path,
   before = {p: (tmp_path / p).read_bytes()
             for p in ('metrics.jsonl', 'config.json', 'results.json')}
   other = tiny_config(seed=1, learning_rate=0.01, **base)
-  with pytest.raises(train.WorkdirError) as e:
+  with pytest.raises(workdir_lib.WorkdirError) as e:
     train.train_and_evaluate(other, str(tmp_path))
   text = _one_line(e)
   assert 'holds a run with another config (checkpoint step 2): ' in text
@@ -437,9 +439,9 @@ def test_workdir_of_another_run_is_refused_unless_overwrite(tmp_path,
   assert '--overwrite' in text
   assert {p: (tmp_path / p).read_bytes() for p in before} == before
   # Fields a resume may change are not differences.
-  assert train.config_differences(
+  assert workdir_lib.config_differences(
       json.loads(before['config.json']),
-      train._config_json(tiny_config(num_train_steps=4, warmup_steps=0,
+      workdir_lib.config_json(tiny_config(num_train_steps=4, warmup_steps=0,
                                      log_every_steps=1,
                                      data_dir='/elsewhere'))) == []
   results = train.train_and_evaluate(other, str(tmp_path), overwrite=True)

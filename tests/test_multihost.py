@@ -17,6 +17,7 @@ import numpy as np
 from mixer import checkpoints
 from mixer import metrics
 from mixer import train
+from mixer import workdir as workdir_lib
 from tests.conftest import REPO
 from tests.conftest import tiny_config
 
@@ -32,7 +33,7 @@ def _free_port() -> int:
 
 def _flags(config) -> list:
   """--config.<field>=<value> for every leaf of `config` (same config)."""
-  flat = train._flat(train._config_json(config))  # pylint: disable=protected-access
+  flat = workdir_lib._flat(workdir_lib.config_json(config))  # pylint: disable=protected-access
   out = []
   for key, value in flat.items():
     if isinstance(value, (list, tuple)):

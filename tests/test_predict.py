@@ -12,10 +12,10 @@ import pytest
 
 from configs import common
 from configs import models as model_configs
-from mixer import checkpoints
 from mixer import models
 from mixer import data as input_pipeline
 from mixer import predict
+from mixer import pretrained
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def setup(tmp_path):
   params = jax.tree_util.tree_map(
       lambda l: rng.standard_normal(l.shape).astype(np.float32), shapes)
   ckpt = tmp_path / 'tiny.npz'
-  checkpoints.save_npz(params, str(ckpt))
+  pretrained.save_npz(params, str(ckpt))
   rng = np.random.default_rng(0)
   images = []
   for name, size in (('a.png', (40, 30)), ('b.png', (16, 16))):

@@ -18,6 +18,8 @@ from configs import finetune
 from configs import models as model_configs
 from mixer import checkpoints
 from mixer import models
+from mixer import params as params_lib
+from mixer import pretrained
 
 PATCH = 4
 HIDDEN = 32
@@ -86,7 +88,7 @@ def logits(model, params, x):
 
 
 def flat(tree):
-  return checkpoints.flatten_params(tree)
+  return params_lib.flatten_params(tree)
 
 
 def assert_trees_equal(a, b):
@@ -111,7 +113,7 @@ def test_load_npz_gives_same_logits_as_params_in_memory(tmp_path):
               'MixerBlock_0/LayerNorm_1/scale', 'pre_head_layer_norm/scale',
               'head/bias'):
     assert key in keys
-  loaded = checkpoints.load_npz(path)
+  loaded = pretrained.load_npz(path)
   x = np.random.default_rng(3).standard_normal((2, 16, 16, 3), np.float32)
   np.testing.assert_array_equal(logits(model, loaded, x),
                                 logits(model, params, x))
@@ -123,7 +125,7 @@ def test_load_npz_renumbers_pre_linen_names(tmp_path):
   np.savez(path, **{'MixerBlock_0/LayerNorm_0/scale': np.ones(2),
                     'MixerBlock_0/LayerNorm_2/scale': np.zeros(2),
                     'MixerBlock_0/token_mixing/Dense_0/kernel': np.ones(1)})
-  block = checkpoints.load_npz(path)['MixerBlock_0']
+  block = pretrained.load_npz(path)['MixerBlock_0']
   assert sorted(block) == ['LayerNorm_0', 'LayerNorm_1', 'token_mixing']
   np.testing.assert_array_equal(block['LayerNorm_1']['scale'], np.zeros(2))
 
@@ -132,11 +134,11 @@ def test_save_npz_round_trip_is_bitwise(tmp_path):
   model = models.build_model(tiny_model_config())
   params = random_params(model)
   path = str(tmp_path / 'exported')  # No '.npz': the name is kept as given.
-  checkpoints.save_npz(params, path)
+  pretrained.save_npz(params, path)
   assert os.path.exists(path) and not os.path.exists(path + '.npz')
   with np.load(path) as data:
     assert sorted(data.files) == sorted(flat(params))
-  loaded = checkpoints.load_npz(path)
+  loaded = pretrained.load_npz(path)
   fa, fb = flat(params), flat(loaded)
   for k in fa:
     assert fa[k].dtype == fb[k].dtype
@@ -147,11 +149,11 @@ def test_load_npz_unreadable_file_is_a_clear_error(tmp_path):
   bad = tmp_path / 'bad.npz'
   bad.write_bytes(b'not a zip archive')
   with pytest.raises(ValueError, match='bad.npz'):
-    checkpoints.load_npz(str(bad))
+    pretrained.load_npz(str(bad))
   with pytest.raises(ValueError, match='missing.npz'):
-    checkpoints.load_npz(str(tmp_path / 'missing.npz'))
+    pretrained.load_npz(str(tmp_path / 'missing.npz'))
   with pytest.raises(ValueError, match='does not exist'):
-    checkpoints.load_params(str(tmp_path / 'no_such_workdir'))
+    pretrained.load_params(str(tmp_path / 'no_such_workdir'))
 
 
 # -- load_init_params --------------------------------------------------------
@@ -161,9 +163,9 @@ def test_load_init_params_same_model_is_exact(tmp_path):
   model = models.build_model(tiny_model_config())
   params = random_params(model)
   path = str(tmp_path / 'ckpt.npz')
-  checkpoints.save_npz(params, path)
+  pretrained.save_npz(params, path)
   config = tiny_config(init_checkpoint=path)
-  merged = checkpoints.load_init_params(config, fresh_params(config))
+  merged = pretrained.load_init_params(config, fresh_params(config))
   assert_trees_equal(jax.device_get(merged), params)
 
 
@@ -171,10 +173,10 @@ def test_head_reinitialised_when_classes_differ(tmp_path):
   pre = models.build_model(tiny_model_config(num_classes=7))
   params = random_params(pre)
   path = str(tmp_path / 'ckpt.npz')
-  checkpoints.save_npz(params, path)
+  pretrained.save_npz(params, path)
   config = tiny_config(init_checkpoint=path, num_classes=10)
   merged = jax.device_get(
-      checkpoints.load_init_params(config, fresh_params(config)))
+      pretrained.load_init_params(config, fresh_params(config)))
   assert merged['head']['kernel'].shape == (HIDDEN, 10)
   assert not np.any(merged['head']['kernel'])
   assert not np.any(merged['head']['bias'])
@@ -187,10 +189,10 @@ def test_checkpoint_without_head_gets_zero_head(tmp_path):
   params = random_params(headless)
   assert 'head' not in params
   path = str(tmp_path / 'headless.npz')
-  checkpoints.save_npz(params, path)
+  pretrained.save_npz(params, path)
   config = tiny_config(init_checkpoint=path)
   merged = jax.device_get(
-      checkpoints.load_init_params(config, fresh_params(config)))
+      pretrained.load_init_params(config, fresh_params(config)))
   assert not np.any(merged['head']['kernel'])
   np.testing.assert_array_equal(merged['stem']['kernel'],
                                 params['stem']['kernel'])
@@ -199,10 +201,10 @@ def test_checkpoint_without_head_gets_zero_head(tmp_path):
 def test_shape_mismatch_names_the_parameter(tmp_path):
   other = models.build_model(tiny_model_config(channels_mlp_dim=48))
   path = str(tmp_path / 'ckpt.npz')
-  checkpoints.save_npz(random_params(other), path)
+  pretrained.save_npz(random_params(other), path)
   config = tiny_config(init_checkpoint=path)
   with pytest.raises(ValueError) as e:
-    checkpoints.load_init_params(config, fresh_params(config))
+    pretrained.load_init_params(config, fresh_params(config))
   msg = str(e.value)
   assert msg.startswith('checkpoint ckpt.npz parameter MixerBlock_0/'
                         'channel_mixing/Dense_0/kernel has shape (32, 48) but '
@@ -215,46 +217,46 @@ def test_missing_block_is_an_error(tmp_path):
                           tokens_mlp_dim=TOKENS_MLP, channels_mlp_dim=64,
                           num_classes=10))
   path = str(tmp_path / 'ckpt.npz')
-  checkpoints.save_npz(random_params(shallow), path)
+  pretrained.save_npz(random_params(shallow), path)
   config = tiny_config(init_checkpoint=path)
   with pytest.raises(ValueError, match='MixerBlock_1/.* is missing'):
-    checkpoints.load_init_params(config, fresh_params(config))
+    pretrained.load_init_params(config, fresh_params(config))
 
 
 @pytest.mark.parametrize('ckpt_norm', [True, False])
 def test_pre_head_layer_norm_mismatch_is_an_error(tmp_path, ckpt_norm):
   src = models.build_model(tiny_model_config(use_pre_head_norm=ckpt_norm))
   path = str(tmp_path / 'ckpt.npz')
-  checkpoints.save_npz(random_params(src), path)
+  pretrained.save_npz(random_params(src), path)
   config = tiny_config(init_checkpoint=path, use_pre_head_norm=not ckpt_norm)
   with pytest.raises(ValueError, match='pre_head_layer_norm'):
-    checkpoints.load_init_params(config, fresh_params(config))
+    pretrained.load_init_params(config, fresh_params(config))
 
 
 # -- Resolution change (Appendix C) ---------------------------------------
 
 
 def test_token_groups_partition_the_grid():
-  for grouping in checkpoints.TOKEN_GROUPINGS:
-    groups = checkpoints.token_groups((2, 3), (4, 6), grouping)
+  for grouping in pretrained.TOKEN_GROUPINGS:
+    groups = pretrained.token_groups((2, 3), (4, 6), grouping)
     assert groups.shape == (4, 6)
     assert sorted(groups.reshape(-1).tolist()) == list(range(24))
-  strided = checkpoints.token_groups((2, 2), (4, 4), 'strided')
+  strided = pretrained.token_groups((2, 2), (4, 4), 'strided')
   # Group (0, 0) = even rows and columns of the 4x4 grid, row-major.
   np.testing.assert_array_equal(strided[0], [0, 2, 8, 10])
   np.testing.assert_array_equal(strided[3], [5, 7, 13, 15])
-  tiles = checkpoints.token_groups((2, 2), (4, 4), 'tiles')
+  tiles = pretrained.token_groups((2, 2), (4, 4), 'tiles')
   np.testing.assert_array_equal(tiles[0], [0, 1, 4, 5])  # Top-left tile.
   np.testing.assert_array_equal(tiles[1], [2, 3, 6, 7])  # Top-right tile.
   with pytest.raises(ValueError, match='integer multiple'):
-    checkpoints.token_groups((4, 4), (6, 6))
+    pretrained.token_groups((4, 4), (6, 6))
 
 
 def test_change_resolution_shapes_and_identity():
   model = models.build_model(tiny_model_config())
   params = random_params(model)
-  assert checkpoints.change_resolution(params, (4, 4), (4, 4)) is params
-  new = checkpoints.change_resolution(params, (4, 4), (8, 8))
+  assert pretrained.change_resolution(params, (4, 4), (4, 4)) is params
+  new = pretrained.change_resolution(params, (4, 4), (8, 8))
   tm = new['MixerBlock_1']['token_mixing']
   assert tm['Dense_0']['kernel'].shape == (64, 4 * TOKENS_MLP)
   assert tm['Dense_0']['bias'].shape == (4 * TOKENS_MLP,)
@@ -274,35 +276,35 @@ def test_change_resolution_shapes_and_identity():
       k0_old)
 
 
-@pytest.mark.parametrize('grouping', checkpoints.TOKEN_GROUPINGS)
+@pytest.mark.parametrize('grouping', pretrained.TOKEN_GROUPINGS)
 def test_block_diagonal_mlp_block_acts_per_group(grouping):
   old_grid, new_grid = (2, 3), (4, 6)
   s, s_new, channels = 6, 24, 5
   mlp = models.MlpBlock(mlp_dim=7)
   x_old = jnp.zeros((2, channels, s))
   p = random_params_of(mlp, x_old)
-  new_p = checkpoints._block_diagonal_token_mlp(
-      p, checkpoints.token_groups(old_grid, new_grid, grouping))
+  new_p = pretrained._block_diagonal_token_mlp(
+      p, pretrained.token_groups(old_grid, new_grid, grouping))
   x = np.random.default_rng(5).standard_normal((2, channels, s_new),
                                                 np.float32)
   y = jax.jit(models.MlpBlock(mlp_dim=4 * 7).apply)({'params': new_p}, x)
-  for tokens in checkpoints.token_groups(old_grid, new_grid, grouping):
+  for tokens in pretrained.token_groups(old_grid, new_grid, grouping):
     y_group = jax.jit(mlp.apply)({'params': p}, x[..., tokens])
     np.testing.assert_allclose(y[..., tokens], y_group, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('grouping', checkpoints.TOKEN_GROUPINGS)
+@pytest.mark.parametrize('grouping', pretrained.TOKEN_GROUPINGS)
 def test_block_diagonal_mixer_block_acts_per_group(grouping):
   old_grid, new_grid = (2, 2), (4, 4)
   block = models.MixerBlock(tokens_mlp_dim=6, channels_mlp_dim=12)
   x_old = jnp.zeros((2, 4, 8))
   p = random_params_of(block, x_old)
-  new = checkpoints.change_resolution({'MixerBlock_0': p}, old_grid, new_grid,
+  new = pretrained.change_resolution({'MixerBlock_0': p}, old_grid, new_grid,
                                       grouping)['MixerBlock_0']
   x = np.random.default_rng(6).standard_normal((2, 16, 8), np.float32)
   y = jax.jit(models.MixerBlock(tokens_mlp_dim=4 * 6,
                                 channels_mlp_dim=12).apply)({'params': new}, x)
-  for tokens in checkpoints.token_groups(old_grid, new_grid, grouping):
+  for tokens in pretrained.token_groups(old_grid, new_grid, grouping):
     y_group = jax.jit(block.apply)({'params': p}, x[:, tokens])
     np.testing.assert_allclose(y[:, tokens], y_group, rtol=1e-5, atol=1e-5)
 
@@ -328,7 +330,7 @@ def _image(patches, grid):
       gh * p, gw * p, c)
 
 
-@pytest.mark.parametrize('grouping', checkpoints.TOKEN_GROUPINGS)
+@pytest.mark.parametrize('grouping', pretrained.TOKEN_GROUPINGS)
 def test_resized_model_is_pretrained_model_per_group(grouping):
   """The 32x32 model = mean over groups of the 16x16 model's logits on the
   image made of that group's patches; on an image whose every group is the
@@ -336,8 +338,8 @@ def test_resized_model_is_pretrained_model_per_group(grouping):
   small = models.build_model(tiny_model_config())
   big = models.build_model(tiny_model_config(tokens_mlp_dim=4 * TOKENS_MLP))
   params = random_params(small)
-  new = checkpoints.change_resolution(params, (4, 4), (8, 8), grouping)
-  groups = checkpoints.token_groups((4, 4), (8, 8), grouping)
+  new = pretrained.change_resolution(params, (4, 4), (8, 8), grouping)
+  groups = pretrained.token_groups((4, 4), (8, 8), grouping)
 
   img = np.random.default_rng(7).standard_normal((32, 32, 3), np.float32)
   patches = _patches(img, PATCH)
@@ -363,33 +365,33 @@ def test_load_init_params_changes_resolution(tmp_path):
   small = models.build_model(tiny_model_config())
   params = random_params(small)
   path = str(tmp_path / 'ckpt.npz')
-  checkpoints.save_npz(params, path)
+  pretrained.save_npz(params, path)
   model = model_configs.finetune_model_config(tiny_model_config(), 16, 32)
   assert model.tokens_mlp_dim == 4 * TOKENS_MLP
   config = common.base(model, dataset='cifar10', image_size=32,
                        init_checkpoint=path)
   merged = jax.device_get(
-      checkpoints.load_init_params(config, fresh_params(config)))
-  assert_trees_equal(merged, checkpoints.change_resolution(
+      pretrained.load_init_params(config, fresh_params(config)))
+  assert_trees_equal(merged, pretrained.change_resolution(
       params, (4, 4), (8, 8), 'strided'))
   config.init_token_grouping = 'tiles'
   merged = jax.device_get(
-      checkpoints.load_init_params(config, fresh_params(config)))
-  assert_trees_equal(merged, checkpoints.change_resolution(
+      pretrained.load_init_params(config, fresh_params(config)))
+  assert_trees_equal(merged, pretrained.change_resolution(
       params, (4, 4), (8, 8), 'tiles'))
 
 
 def test_load_init_params_wrong_tokens_mlp_dim_is_an_error(tmp_path):
   small = models.build_model(tiny_model_config())
   path = str(tmp_path / 'ckpt.npz')
-  checkpoints.save_npz(random_params(small), path)
+  pretrained.save_npz(random_params(small), path)
   config = tiny_config(image_size=32, init_checkpoint=path)  # D_S unchanged.
   with pytest.raises(ValueError, match='tokens_mlp_dim is 16 .* needs '
                      r'k\^2 \* 16 = 64'):
-    checkpoints.load_init_params(config, fresh_params(config))
+    pretrained.load_init_params(config, fresh_params(config))
   config = tiny_config(image_size=24, init_checkpoint=path)  # 36 tokens.
   with pytest.raises(ValueError, match='integer factor'):
-    checkpoints.load_init_params(config, fresh_params(config))
+    pretrained.load_init_params(config, fresh_params(config))
 
 
 # -- orbax -----------------------------------------------------------------
@@ -417,7 +419,7 @@ def test_orbax_round_trip_and_init_from_workdir(tmp_path):
   for path in (workdir, os.path.join(workdir, 'checkpoints'),
                os.path.join(workdir, 'checkpoints', '7')):
     config = tiny_config(init_checkpoint=path)
-    merged = checkpoints.load_init_params(config, fresh_params(config))
+    merged = pretrained.load_init_params(config, fresh_params(config))
     assert_trees_equal(jax.device_get(merged), jax.device_get(params))
 
 

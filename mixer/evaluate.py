@@ -1,0 +1,77 @@
+"""Evaluation: loss and accuracy over every example of the eval split.
+
+`Evaluator` is what the training loop calls at eval steps. It owns the
+pmapped eval step and the choice of eval batches (in-memory, padded and
+masked, or the tf.data stream for data that is not in memory at the model's
+resolution); the loop never sees eval batches. No training, no I/O.
+"""
+
+from typing import Callable, Dict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mixer import augment
+from mixer import data
+from mixer import models
+
+
+def make_eval_step(model: models.MlpMixer, num_classes: int) -> Callable:
+  """`eval(params, batch) -> sums` of loss, correct and count over 'batch'."""
+
+  def eval_step(params, images, labels, mask):
+    logits = model.apply({'params': params}, augment.normalize(images),
+                         train=False)
+    onehot = jax.nn.one_hot(labels, num_classes)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    loss = -jnp.sum(onehot * logp, axis=-1)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    return jax.lax.psum({'loss': jnp.sum(loss * mask),
+                         'correct': jnp.sum(correct * mask),
+                         'count': jnp.sum(mask)}, 'batch')
+
+  return eval_step
+
+
+
+class Evaluator:
+  """Classification eval of `config.eval_split` on this process's devices.
+
+  Args:
+    config: the experiment config.
+    model: the model to evaluate.
+    num_classes: classes of the dataset.
+    stream: read the eval split through `data.tfds_eval_dataset` (data not
+      in memory at the model's resolution) instead of `data.eval_batches`.
+  """
+
+  def __init__(self, config, model: models.MlpMixer, num_classes: int, *,
+               stream: bool):
+    self.config = config
+    self.stream = stream
+    self.num_devices = jax.local_device_count()
+    self.process_index = jax.process_index()
+    self.process_count = jax.process_count()
+    self.p_eval = jax.pmap(make_eval_step(model, num_classes),
+                           axis_name='batch')
+
+  def evaluate(self, params) -> Dict[str, float]:
+    """Loss and accuracy over every eval example (padding masked out)."""
+    totals = None
+    source = (data.tfds_eval_dataset if self.stream
+              else data.eval_batches)
+    for b in source(self.config, process_index=self.process_index,
+                    process_count=self.process_count):
+      shard = lambda x: x.reshape((self.num_devices, -1) + x.shape[1:])
+      out = self.p_eval(params, shard(b['image']),
+                        shard(b['label'].astype(np.int32)), shard(b['mask']))
+      out = jax.tree_util.tree_map(lambda x: x[0], out)
+      totals = out if totals is None else jax.tree_util.tree_map(
+          jnp.add, totals, out)
+    totals = jax.device_get(totals)
+    count = float(totals['count'])
+    return {'eval_loss': float(totals['loss']) / count,
+            'eval_accuracy': float(totals['correct']) / count,
+            'eval_examples': int(count)}
+

@@ -1,0 +1,371 @@
+"""Official `.npz` weights, fine-tuning initialisation and the App. C resolution change.
+
+Official checkpoints (the paper's, published at gs://mixer_models/) are flat
+`.npz` files keyed by '/'-joined parameter paths, the same names this
+project's model uses: `load_npz` / `save_npz` read and write them, and
+`load_init_params` turns either kind (or a run's orbax checkpoint, read
+through `mixer.checkpoints`) into the initial params of a fine-tuning run
+(`config.init_checkpoint`): new zero head when the classes differ, and the
+paper's Appendix C token-mixing initialisation (`change_resolution`) when
+fine-tuning at a higher resolution.
+
+Owns reading and writing weights outside a run; never writes into a workdir
+(run checkpoints are `mixer.checkpoints`).
+"""
+
+import os
+from typing import Any, Dict, Tuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mixer import checkpoints
+from mixer import models
+from mixer.params import flatten_params
+from mixer.params import flatten_params_shapes
+from mixer.params import raise_problems
+from mixer.params import shape_problems
+from mixer.params import unflatten_params
+from mixer.params import unfreeze
+
+# Where the paper's checkpoints are published (the README and the configs
+# point here): gs://mixer_models/{imagenet1k,imagenet21k}/Mixer-{B,L}_{16,32}.npz
+OFFICIAL_CHECKPOINTS_URL = (
+    'https://console.cloud.google.com/storage/mixer_models/')
+TOKEN_GROUPINGS = ('strided', 'tiles')
+
+
+def _open(path: str, mode: str):
+  """Local files with `open`; URLs (gs://...) with tf.io.gfile, if installed."""
+  if '://' in path:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf.io.gfile.GFile(path, mode)
+  return open(path, mode)
+
+
+def load_npz(path: str) -> Dict[str, Any]:
+  """Reads an official Mixer `.npz` into the nested params dict.
+
+  The released files (gs://mixer_models/imagenet1k/Mixer-B_16.npz,
+  .../imagenet21k/Mixer-L_16.npz, ...) hold one array per parameter under
+  its '/'-joined path (`stem/kernel`, `MixerBlock_0/token_mixing/Dense_0/
+  kernel`, `pre_head_layer_norm/scale`, `head/bias`, ...). Those are exactly
+  this project's module names, so the result is `MlpMixer(...).init(...)
+  ['params']` of the matching model: pass it as `{'params': load_npz(p)}`.
+
+  Raises:
+    ValueError: naming `path` if it is missing, not an `.npz` archive, or
+      has keys that do not form a parameter tree.
+  """
+  try:
+    with _open(path, 'rb') as f:
+      with np.load(f, allow_pickle=False) as data:
+        flat = {k: np.asarray(data[k]) for k in data.files}
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'cannot read checkpoint {path}: {type(e).__name__}: '
+                     f'{e}') from e
+  if not flat:
+    raise ValueError(f'checkpoint {path} holds no arrays')
+  keys = sorted(flat)
+  for a, b in zip(keys, keys[1:]):
+    if b.startswith(a + '/'):
+      raise ValueError(f'checkpoint {path} is not a parameter tree: {a!r} is '
+                       f'both an array and a prefix of {b!r}')
+  return _renumber_pre_linen(unflatten_params(flat))
+
+
+def _renumber_pre_linen(tree: Any) -> Any:
+  """Numbers `<Class>_<i>` submodules per class, 0, 1, ..., in order.
+
+  What vit_jax's `checkpoint.load` does with flax's `convert_pre_linen`:
+  pre-Linen flax numbered auto-named submodules with one counter for all
+  classes (LayerNorm_0, LayerNorm_2, ...). A no-op on Linen trees such as
+  the released Mixer files and this project's own.
+  """
+  if not isinstance(tree, dict):
+    return tree
+  by_class = {}
+  for key in tree:
+    name, _, num = key.rpartition('_')
+    if name and num.isdigit():
+      by_class.setdefault(name, []).append((int(num), key))
+  rename = {}
+  for name, items in by_class.items():
+    for i, (_, key) in enumerate(sorted(items)):
+      rename[key] = f'{name}_{i}'
+  return {rename.get(k, k): _renumber_pre_linen(v) for k, v in tree.items()}
+
+
+def save_npz(params: Any, path: str) -> None:
+  """Writes params in the official flat '/'-joined `.npz` format.
+
+  Uncompressed, like the released files; `load_npz` gives back bitwise
+  identical arrays (same dtypes, same bytes). `path` is used as given (numpy
+  would otherwise append '.npz').
+  """
+  flat = flatten_params(params)
+  tmp = path + '.tmp' if '://' not in path else path
+  with _open(tmp, 'wb') as f:
+    np.savez(f, **flat)
+  if tmp != path:
+    os.replace(tmp, path)
+
+
+def load_params(path: str) -> Dict[str, Any]:
+  """Params from an official `.npz` or from one of this project's orbax
+  checkpoints (a workdir, its `checkpoints/` folder or one step folder).
+
+  Raises:
+    ValueError: naming `path` when nothing readable is there.
+  """
+  if path.endswith('.npz') or os.path.isfile(path):
+    return load_npz(path)
+  if not os.path.isdir(path):
+    raise ValueError(f'checkpoint {path} does not exist (expected an official '
+                     '.npz file or an orbax workdir / checkpoint folder)')
+  try:
+    params = checkpoints.restore_params(path)
+  except ValueError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'cannot read orbax checkpoint {path}: '
+                     f'{type(e).__name__}: {e}') from e
+  return jax.tree_util.tree_map(np.asarray, unfreeze(params))
+
+
+
+
+def resolution_factor(old_grid: Tuple[int, int],
+                      new_grid: Tuple[int, int]) -> Tuple[int, int]:
+  """(k_h, k_w) with new_grid = (k_h h, k_w w); ValueError if not integers."""
+  (h, w), (nh, nw) = tuple(old_grid), tuple(new_grid)
+  if min(h, w, nh, nw) <= 0 or nh % h or nw % w:
+    raise ValueError(
+        f'cannot change the token grid from {(h, w)} to {(nh, nw)}: the '
+        'paper\'s token-mixing initialisation (Appendix C) needs the new '
+        'patch grid to be an integer multiple of the old one (same patch '
+        'size, resolution scaled by an integer factor)')
+  return nh // h, nw // w
+
+
+def token_groups(old_grid: Tuple[int, int], new_grid: Tuple[int, int],
+                 grouping: str = 'strided') -> np.ndarray:
+  """Which tokens of the new grid form each of the k_h * k_w groups.
+
+  Returns int [k_h * k_w, h * w]: row g lists, in the row-major order of an
+  (h, w) grid, the indices (into the row-major flattened (H, W) token
+  sequence the model uses) of the tokens that group g's copy of the
+  pretrained token-mixing MLP sees; token t of group g plays the role of
+  token t of the pretraining grid.
+
+  grouping:
+    'strided' (default): group (a, b) = tokens (k_h i + a, k_w j + b), i.e.
+      the k_h x k_w interleaved sub-grids. Every group spans the whole image
+      with the original grid's layout, as if the image had been seen at the
+      pretraining resolution with a different sub-pixel offset.
+    'tiles': group (a, b) = tokens (a h + i, b w + j), i.e. the image cut into
+      k_h x k_w contiguous (h x w) tiles, each mixed on its own.
+  """
+  if grouping not in TOKEN_GROUPINGS:
+    raise ValueError(f'token grouping must be one of {TOKEN_GROUPINGS}, got '
+                     f'{grouping!r}')
+  h, w = old_grid
+  kh, kw = resolution_factor(old_grid, new_grid)
+  nw = kw * w
+  i, j = np.meshgrid(np.arange(h), np.arange(w), indexing='ij')
+  groups = []
+  for a in range(kh):
+    for b in range(kw):
+      if grouping == 'strided':
+        rows, cols = kh * i + a, kw * j + b
+      else:
+        rows, cols = a * h + i, b * w + j
+      groups.append((rows * nw + cols).reshape(-1))
+  return np.stack(groups).astype(np.int32)
+
+
+def _block_diagonal_token_mlp(mlp: Dict[str, Any], groups: np.ndarray
+                              ) -> Dict[str, Any]:
+  """token_mixing/{Dense_0,Dense_1} for S' tokens from the one for S."""
+  k0 = np.asarray(mlp['Dense_0']['kernel'])  # [S, D_S]
+  b0 = np.asarray(mlp['Dense_0']['bias'])  # [D_S]
+  k1 = np.asarray(mlp['Dense_1']['kernel'])  # [D_S, S]
+  b1 = np.asarray(mlp['Dense_1']['bias'])  # [S]
+  n_groups, s = groups.shape
+  if k0.shape[0] != s or k1.shape[1] != s:
+    raise ValueError(f'token-mixing kernels {k0.shape} / {k1.shape} do not '
+                     f'match the old grid of {s} tokens')
+  d = k0.shape[1]
+  s_new = n_groups * s
+  new_k0 = np.zeros((s_new, n_groups * d), k0.dtype)
+  new_k1 = np.zeros((n_groups * d, s_new), k1.dtype)
+  new_b1 = np.zeros((s_new,), b1.dtype)
+  for g, tokens in enumerate(groups):
+    hidden = slice(g * d, (g + 1) * d)
+    new_k0[tokens, hidden] = k0
+    new_k1[hidden, tokens] = k1
+    new_b1[tokens] = b1
+  out = dict(mlp)
+  out['Dense_0'] = {'kernel': new_k0, 'bias': np.tile(b0, n_groups)}
+  out['Dense_1'] = {'kernel': new_k1, 'bias': new_b1}
+  return out
+
+
+def change_resolution(params: Any, old_grid: Tuple[int, int],
+                      new_grid: Tuple[int, int],
+                      grouping: str = 'strided') -> Any:
+  """Token-mixing weights for fine-tuning at a higher resolution (App. C).
+
+  With the patch size fixed, an image k times larger per side has S' =
+  (k h)(k w) = k^2 S tokens instead of S = h w. As in the paper's Appendix C,
+  the S' tokens are split into k^2 groups of S (`token_groups`), and every
+  token-mixing MLP becomes block-diagonal: k^2 copies of the pretrained MLP,
+  one per group, side by side. Hence
+
+    Dense_0/kernel [S, D_S]  -> [S', k^2 D_S]   (block g: rows = group g's
+                                                 tokens, cols g D_S.. )
+    Dense_0/bias   [D_S]     -> [k^2 D_S]       (tiled)
+    Dense_1/kernel [D_S, S]  -> [k^2 D_S, S']
+    Dense_1/bias   [S]       -> [S']            (group g's entries = bias)
+
+  and the model must be built with `tokens_mlp_dim = k^2 D_S`
+  (`configs.models.finetune_model_config`). Every other parameter is
+  unchanged. Since LayerNorm, the channel-mixing MLP and the stem act per
+  token, the new network at initialisation is k^2 copies of the pretrained
+  one, each applied to one group of tokens, with the pooled features
+  averaged over groups; fine-tuning then learns to mix across groups.
+  Different factors per axis (k_h, k_w) are handled the same way.
+
+  Args:
+    params: the pretrained params (nested dict, without the 'params' key).
+    old_grid: (h, w) patch grid of pretraining (e.g. (14, 14) for B/16 at 224).
+    new_grid: (H, W) patch grid of fine-tuning (e.g. (28, 28) at 448).
+    grouping: 'strided' (default) or 'tiles', see `token_groups`.
+
+  Returns:
+    `params` itself if the grid does not change, else a new tree.
+  """
+  if tuple(old_grid) == tuple(new_grid):
+    return params
+  groups = token_groups(tuple(old_grid), tuple(new_grid), grouping)
+  out = dict(unfreeze(params))
+  blocks = [k for k in out if k.startswith('MixerBlock_')]
+  if not blocks:
+    raise ValueError('no MixerBlock_* parameters found to change resolution')
+  for name in blocks:
+    block = dict(out[name])
+    block['token_mixing'] = _block_diagonal_token_mlp(
+        block['token_mixing'], groups)
+    out[name] = block
+  return out
+
+
+def _token_grid(config) -> Tuple[int, int]:
+  size = config.image_size
+  h, w = (size, size) if isinstance(size, int) else tuple(size)
+  ph, pw = models.patch_hw(config.model.patches)
+  return h // ph, w // pw
+
+
+def load_init_params(config, init_params: Any) -> Any:
+  """Initial params for fine-tuning from `config.init_checkpoint`.
+
+  `config.init_checkpoint` is an official `.npz` (see
+  OFFICIAL_CHECKPOINTS_URL) or one of this project's orbax checkpoints. The
+  loaded params replace `init_params` (the freshly initialised model's)
+  leaf by leaf, after checking that paths and shapes agree, except:
+
+  * `head`: kept from `init_params` (zero-initialised, as the paper does for
+    fine-tuning) when the number of classes differs or the checkpoint has
+    no head; dropped when the model has none (`num_classes=0`).
+  * token-mixing MLPs: when the number of tokens differs (fine-tuning at a
+    higher resolution with the same patch size), converted with
+    `change_resolution` (Appendix C); the old grid is (H / k, W / k) for the
+    integer k with S' = k^2 S. `config.init_token_grouping` picks the token
+    grouping ('strided' by default).
+
+  Raises:
+    ValueError: one error naming the (first) offending parameter path and
+      both shapes, a `pre_head_layer_norm` present on one side only, a
+      `tokens_mlp_dim` that does not fit the resolution change, or an
+      unreadable checkpoint.
+  """
+  path = config.init_checkpoint
+  loaded = unfreeze(load_params(path))
+  init_params = unfreeze(init_params)
+  source = f'checkpoint {os.path.basename(os.path.normpath(path))}'
+
+  ln = 'pre_head_layer_norm'
+  if (ln in loaded) != (ln in init_params):
+    where = 'the checkpoint' if ln in loaded else 'the model'
+    raise ValueError(
+        f'{ln} is present in {where} only: the checkpoint {path} was trained '
+        f'{"with" if ln in loaded else "without"} the LayerNorm before '
+        'pooling; set model.use_pre_head_norm accordingly')
+
+  loaded = dict(loaded)
+  head = loaded.pop('head', None)
+  if 'head' in init_params:
+    if head is None:
+      logging.info('%s has no head: keeping the zero-initialised head', path)
+    elif shape_problems(flatten_params_shapes(head),
+                         flatten_params_shapes(init_params['head']),
+                         source=source):
+      classes = np.shape(head['bias'])[-1] if 'bias' in head else '?'
+      logging.info('Re-initialising the head (zeros, as the paper): %s has %s '
+                   'classes, the model %d', path, classes,
+                   np.shape(init_params['head']['bias'])[-1])
+    else:
+      loaded['head'] = head
+  elif head is not None:
+    logging.info('Dropping the head of %s (the model has num_classes=0)', path)
+
+  # Resolution change: compare token counts in the first block.
+  key = 'MixerBlock_0'
+  if key in loaded and key in init_params:
+    try:
+      s_old, d_old = np.shape(loaded[key]['token_mixing']['Dense_0']['kernel'])
+      s_new, d_new = np.shape(
+          init_params[key]['token_mixing']['Dense_0']['kernel'])
+    except (KeyError, TypeError, ValueError):
+      s_old = s_new = None
+    if s_old and s_new and s_old != s_new:
+      new_grid = _token_grid(config)
+      k = int(round(np.sqrt(s_new / s_old)))
+      if (k * k * s_old != s_new or new_grid[0] % k or new_grid[1] % k
+          or new_grid[0] * new_grid[1] != s_new):
+        raise ValueError(
+            f'{source} has {s_old} tokens but the model has {s_new} (patch '
+            f'grid {new_grid}): fine-tuning at another resolution needs the '
+            'grid to grow by the same integer factor k along both sides '
+            '(paper Appendix C); use `checkpoints.change_resolution` directly '
+            'for other cases')
+      old_grid = (new_grid[0] // k, new_grid[1] // k)
+      if d_new != k * k * d_old:
+        raise ValueError(
+            f'model.tokens_mlp_dim is {d_new} but fine-tuning {source} '
+            f'(token grid {old_grid}, tokens_mlp_dim {d_old}) on a grid '
+            f'{new_grid} needs k^2 * {d_old} = {k * k * d_old} (paper '
+            'Appendix C); build the model config with '
+            'configs.models.finetune_model_config')
+      grouping = config.get('init_token_grouping', 'strided') or 'strided'
+      logging.info('Changing resolution of %s: token grid %s -> %s (k=%d, %s '
+                   'groups), tokens_mlp_dim %d -> %d', path, old_grid,
+                   new_grid, k, grouping, d_old, d_new)
+      loaded = change_resolution(loaded, old_grid, new_grid, grouping)
+
+  flat_loaded = flatten_params_shapes(loaded)
+  flat_init = flatten_params_shapes(init_params)
+  if 'head' not in loaded:
+    flat_init = {k: v for k, v in flat_init.items()
+                 if not k.startswith('head/')}
+  raise_problems(shape_problems(flat_loaded, flat_init, source=source))
+
+  merged = dict(flatten_params_shapes(init_params))
+  for k, v in flat_loaded.items():
+    merged[k] = jnp.asarray(np.asarray(v), dtype=merged[k].dtype)
+  logging.info('Initialised %d of %d parameter arrays from %s',
+               len(flat_loaded), len(merged), path)
+  return unflatten_params(merged)

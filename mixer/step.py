@@ -1,0 +1,173 @@
+"""What one training step computes, for one device: the state, the loss, the update.
+
+Per step, each device:
+
+  uint8 images -> on-device augmentation (mixer.augment) -> model (optionally
+  bfloat16 activations, float32 params) -> (label-smoothed) cross-entropy ->
+  gradients, accumulated over `grad_accum_steps` micro-batches with
+  `lax.scan` -> pmean -> optax update (clipping, schedule, weight decay).
+
+`make_multi_step` fuses K such steps into one dispatch with `lax.scan`, and
+`make_indexed_step` gathers the examples of a device-resident dataset by
+index first. Every step reports whether its loss, gradients and new
+parameters are finite (`all_finite`), so the loop can stop (or skip the
+update) before a non-finite state is saved.
+
+Owns the jitted/pmapped functions and the initial state; no loop, no I/O
+(the initial parameters may come from `mixer.pretrained` for fine-tuning).
+"""
+
+from typing import Any, Callable, Dict
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from mixer import augment
+from mixer import models
+from mixer import pretrained
+
+
+@flax.struct.dataclass
+class TrainState:
+  """What a step updates. `rng` is the run's base key (constant)."""
+  step: jnp.ndarray
+  params: Any
+  opt_state: Any
+  rng: jnp.ndarray
+
+
+
+def all_finite(tree: Any) -> jnp.ndarray:
+  """Scalar bool: every floating-point leaf of `tree` is finite."""
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+           if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.stack(flags).all() if flags else jnp.array(True)
+
+
+def create_train_state(config, model, tx, rng, *,
+                       load_init_checkpoint: bool = True) -> TrainState:
+  """Initial state (the paper's initialisers), built in one jitted call.
+
+  With `config.init_checkpoint` (and `load_init_checkpoint`, False when a
+  checkpoint of the run itself will replace the state anyway) the parameters
+  are then replaced by the checkpoint's (fine-tuning) and the optimizer state
+  re-initialised.
+  """
+  x = jnp.zeros((1,) + models.input_shape(config), jnp.float32)
+
+  @jax.jit
+  def init(rng):
+    rng_init, rng_run = jax.random.split(rng)
+    params = model.init({'params': rng_init}, x, train=False)['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params), rng=rng_run)
+
+  state = init(rng)
+  if load_init_checkpoint and config.get('init_checkpoint'):
+    params = pretrained.load_init_params(config, state.params)
+    state = state.replace(params=params, opt_state=jax.jit(tx.init)(params))
+  return state
+
+
+def cross_entropy(logits, soft_labels, label_smoothing: float = 0.0):
+  """Mean softmax cross-entropy with optional label smoothing (float32)."""
+  num_classes = logits.shape[-1]
+  if label_smoothing:
+    soft_labels = (soft_labels * (1.0 - label_smoothing)
+                   + label_smoothing / num_classes)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+  return -jnp.mean(jnp.sum(soft_labels * logp, axis=-1))
+
+
+def make_train_step(config, model: models.MlpMixer,
+                    tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, num_classes: int) -> Callable:
+  """Returns `step(state, images, labels) -> (state, metrics)` for one device.
+
+  `images`: uint8 [accum, micro, H, W, C]; `labels`: int [accum, micro].
+  Must run inside pmap/shard_map with axis name 'batch'.
+  """
+  train_augment = augment.make_train_augment(config.augment, num_classes)
+  label_smoothing = float(config.label_smoothing)
+  skip_nonfinite = bool(config.get('skip_nonfinite_steps', False))
+
+  def loss_fn(params, images, labels, rng):
+    rng_aug, rng_model = jax.random.split(rng)
+    x, y = train_augment(rng_aug, images, labels)
+    logits = model.apply({'params': params}, x, train=True,
+                         rngs={'dropout': rng_model})
+    loss = cross_entropy(logits, y, label_smoothing)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(y, -1))
+    return loss, accuracy
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step(state: TrainState, images, labels):
+    # A different stream per step and per device; resumes exactly.
+    rng = jax.random.fold_in(state.rng, state.step)
+    device = jax.lax.axis_index('batch')
+    rng = jax.random.fold_in(rng, jax.process_index() * 4096 + device)
+    accum = images.shape[0]
+
+    def micro(carry, xs):
+      grads, loss, acc = carry
+      im, lb, i = xs
+      (l, a), g = grad_fn(state.params, im, lb, jax.random.fold_in(rng, i))
+      grads = jax.tree_util.tree_map(jnp.add, grads, g)
+      return (grads, loss + l, acc + a), None
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+    (grads, loss, acc), _ = jax.lax.scan(
+        micro, (zeros, 0.0, 0.0), (images, labels, jnp.arange(accum)))
+    grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
+    grads = jax.lax.pmean(grads, 'batch')
+    loss = jax.lax.pmean(loss / accum, 'batch')
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # One scalar per step, identical on every device (pmin), so the host can
+    # check a whole dispatch without fetching anything big.
+    finite = all_finite((loss, grads, params))
+    finite = jax.lax.pmin(finite.astype(jnp.int32), 'batch') > 0
+    if skip_nonfinite:  # Drop the update: params and optimizer unchanged.
+      keep = lambda new, old: jnp.where(finite, new, old)
+      params = jax.tree_util.tree_map(keep, params, state.params)
+      opt_state = jax.tree_util.tree_map(keep, opt_state, state.opt_state)
+    metrics = {
+        'train_loss': loss,
+        'train_accuracy': jax.lax.pmean(acc / accum, 'batch'),
+        'learning_rate': schedule(state.step),
+        'grad_norm': optax.tree_utils.tree_norm(grads),
+        'finite': finite,
+    }
+    new_state = state.replace(step=state.step + 1, params=params,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+  return step
+
+
+def make_multi_step(step_fn: Callable) -> Callable:
+  """Runs `step_fn` over a leading axis of K steps with `lax.scan`."""
+
+  def multi(state, images, labels):
+    return jax.lax.scan(lambda s, xs: step_fn(s, *xs), state, (images, labels))
+
+  return multi
+
+
+def make_indexed_step(multi: Callable) -> Callable:
+  """Gathers examples from device-resident data, then trains on them."""
+
+  def fn(state, indices, data_images, data_labels):
+    return multi(state, data_images[indices], data_labels[indices])
+
+  return fn
+
+
+def state_dict(state: TrainState) -> Dict[str, Any]:
+  """The state as the dict a run checkpoint holds (`mixer.checkpoints`)."""
+  return {'step': state.step, 'params': state.params,
+          'opt_state': state.opt_state, 'rng': state.rng}
+
