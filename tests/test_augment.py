@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mixer import augment
+from mixer import randaugment as ra
 
 CIFAR_TEST = '/work/shared/data/cifar10/test.npz'
 
@@ -123,7 +124,7 @@ def test_flip_half_and_mirrored():
 def test_randaugment_changes_most_images_and_is_deterministic():
   images, _ = _cifar(64)
   images = jnp.asarray(images)
-  fn = jax.jit(augment.randaugment, static_argnums=(2, 3, 4))
+  fn = jax.jit(ra.randaugment, static_argnums=(2, 3, 4))
   for magnitude, ops in ((10, 'paper'), (15, 'big_vision')):
     a = np.asarray(fn(jax.random.key(0), images, 2, magnitude, ops))
     b = np.asarray(fn(jax.random.key(0), images, 2, magnitude, ops))
@@ -135,13 +136,13 @@ def test_randaugment_changes_most_images_and_is_deterministic():
     assert changed.mean() > 0.8, (magnitude, ops, changed.mean())
   # N = 0 is the identity.
   np.testing.assert_array_equal(
-      augment.randaugment(jax.random.key(0), images, 0, 10), images)
+      ra.randaugment(jax.random.key(0), images, 0, 10), images)
 
 
 @pytest.mark.parametrize('channels,ops', [(3, 'paper'), (1, 'big_vision')])
 def test_randaugment_224(channels, ops):
   images = jnp.asarray(_random_images(3, (2, 224, 224, channels)))
-  out = jax.jit(augment.randaugment, static_argnums=(2, 3, 4))(
+  out = jax.jit(ra.randaugment, static_argnums=(2, 3, 4))(
       jax.random.key(0), images, 2, 15, ops)
   assert out.shape == images.shape and out.dtype == jnp.uint8
   assert np.any(np.asarray(out) != np.asarray(images))
@@ -151,16 +152,16 @@ def test_randaugment_table_matches_the_ops():
   """Each RandAugment op, as dispatched, equals the op called directly."""
   image = jnp.asarray(_cifar(1)[0][0])
   h, w, _ = image.shape
-  names = augment.RANDAUGMENT_OPS['big_vision'] + ('Identity',)
-  branches, branch_of_op, matrices = augment._randaugment_table(
+  names = ra.RANDAUGMENT_OPS['big_vision'] + ('Identity',)
+  branches, branch_of_op, matrices = ra._randaugment_table(
       names, 10.0, h, w)
   center = jnp.array([5, 20])
-  direct = {'Identity': augment.identity, 'AutoContrast': augment.autocontrast,
-            'Equalize': augment.equalize, 'Invert': augment.invert,
-            'Posterize': augment.posterize, 'Solarize': augment.solarize,
-            'SolarizeAdd': augment.solarize_add, 'Color': augment.color,
-            'Contrast': augment.contrast, 'Brightness': augment.brightness,
-            'Sharpness': augment.sharpness}
+  direct = {'Identity': ra.identity, 'AutoContrast': ra.autocontrast,
+            'Equalize': ra.equalize, 'Invert': ra.invert,
+            'Posterize': ra.posterize, 'Solarize': ra.solarize,
+            'SolarizeAdd': ra.solarize_add, 'Color': ra.color,
+            'Contrast': ra.contrast, 'Brightness': ra.brightness,
+            'Sharpness': ra.sharpness}
 
   @jax.jit
   def both_ways(image):
@@ -169,13 +170,13 @@ def test_randaugment_table_matches_the_ops():
       for negate in (0, 1):
         got = branches[branch_of_op[i]](
             image, jnp.asarray(matrices[negate, i]), center)
-        args = augment.level_to_args(name, 10.0, h, w)
+        args = ra.level_to_args(name, 10.0, h, w)
         sign = -1 if negate else 1
-        if name in augment.GEOMETRIC_OPS:
-          matrix = augment._geometric_matrix(name, sign * args[0], h, w)
-          want = augment.affine_transform(image, jnp.asarray(matrix))
+        if name in ra.GEOMETRIC_OPS:
+          matrix = ra._geometric_matrix(name, sign * args[0], h, w)
+          want = ra.affine_transform(image, jnp.asarray(matrix))
         elif name == 'Cutout':
-          want = augment.cutout(image, center, *args)
+          want = ra.cutout(image, center, *args)
         else:
           want = direct[name](image, *args)
         pairs[f'{name}/{negate}'] = (got, want)
@@ -184,36 +185,36 @@ def test_randaugment_table_matches_the_ops():
   for key, (got, want) in both_ways(image).items():
     np.testing.assert_array_equal(got, want, err_msg=key)
   # big_vision's magnitude map at M = 10.
-  assert augment.level_to_args('Rotate', 10, h, w) == (30.0,)
-  assert augment.level_to_args('Solarize', 10, h, w) == (256,)
-  assert augment.level_to_args('Posterize', 10, h, w) == (4,)
-  assert augment.level_to_args('Posterize', 30, h, w) == (8,)
-  np.testing.assert_allclose(augment.level_to_args('Color', 10, h, w), 1.9)
-  np.testing.assert_allclose(augment.level_to_args('TranslateX', 10, 224, 224),
+  assert ra.level_to_args('Rotate', 10, h, w) == (30.0,)
+  assert ra.level_to_args('Solarize', 10, h, w) == (256,)
+  assert ra.level_to_args('Posterize', 10, h, w) == (4,)
+  assert ra.level_to_args('Posterize', 30, h, w) == (8,)
+  np.testing.assert_allclose(ra.level_to_args('Color', 10, h, w), 1.9)
+  np.testing.assert_allclose(ra.level_to_args('TranslateX', 10, 224, 224),
                              100.8)
 
 
 def test_pixel_ops_exact():
   image = jnp.asarray(_random_images(4, (5, 6, 3)))
   x = np.asarray(image).astype(np.int32)
-  enhance = (augment.color, augment.contrast, augment.brightness,
-             augment.sharpness)
+  enhance = (ra.color, ra.contrast, ra.brightness,
+             ra.sharpness)
 
   @jax.jit
   def ops(image, constant):
     return dict(
-        identity=augment.identity(image), invert=augment.invert(image),
-        sol0=augment.solarize(image, 0), sol256=augment.solarize(image, 256),
-        sol128=augment.solarize(image, 128),
-        soladd=augment.solarize_add(image, 50),
-        post8=augment.posterize(image, 8), post0=augment.posterize(image, 0),
-        post3=augment.posterize(image, 3),
+        identity=ra.identity(image), invert=ra.invert(image),
+        sol0=ra.solarize(image, 0), sol256=ra.solarize(image, 256),
+        sol128=ra.solarize(image, 128),
+        soladd=ra.solarize_add(image, 50),
+        post8=ra.posterize(image, 8), post0=ra.posterize(image, 0),
+        post3=ra.posterize(image, 3),
         enhance1=[op(image, 1.0) for op in enhance],
-        black=augment.brightness(image, 0.0), gray=augment.color(image, 0.0),
-        flat=augment.contrast(image, 0.0),
-        constant=[augment.autocontrast(constant), augment.equalize(constant),
-                  augment.sharpness(constant, 0.0)],
-        stretched=augment.autocontrast(image))
+        black=ra.brightness(image, 0.0), gray=ra.color(image, 0.0),
+        flat=ra.contrast(image, 0.0),
+        constant=[ra.autocontrast(constant), ra.equalize(constant),
+                  ra.sharpness(constant, 0.0)],
+        stretched=ra.autocontrast(image))
 
   constant = jnp.full((4, 4, 3), 77, jnp.uint8)
   out = jax.tree.map(np.asarray, ops(image, constant))
@@ -245,17 +246,17 @@ def test_pixel_ops_match_pil():
   pil = pytest.importorskip('PIL.Image')
   from PIL import ImageEnhance, ImageOps  # pylint: disable=g-import-not-at-top
   images, _ = _cifar(4)
-  enhance = {'Color': augment.color, 'Contrast': augment.contrast,
-             'Brightness': augment.brightness, 'Sharpness': augment.sharpness}
+  enhance = {'Color': ra.color, 'Contrast': ra.contrast,
+             'Brightness': ra.brightness, 'Sharpness': ra.sharpness}
   factors = (0.1, 0.6, 1.9)
 
   @jax.jit
   def ops(batch):  # The ops take a batch as well as one image.
     return dict(
-        equalize=augment.equalize(batch),
-        posterize=augment.posterize(batch, 4),
-        solarize=augment.solarize(batch, 100),
-        autocontrast=augment.autocontrast(batch),
+        equalize=ra.equalize(batch),
+        posterize=ra.posterize(batch, 4),
+        solarize=ra.solarize(batch, 100),
+        autocontrast=ra.autocontrast(batch),
         **{f'{name}/{f}': op(batch, f) for name, op in enhance.items()
            for f in factors})
 
@@ -282,42 +283,42 @@ def test_pixel_ops_match_pil():
 def test_geometric_ops():
   image = jnp.asarray(_random_images(5, (7, 7, 3)))
   x = np.asarray(image)
-  affine = jax.jit(augment.affine_transform)  # One compile for all matrices.
-  eye = augment.translate_matrix(0.0, 0.0)
+  affine = jax.jit(ra.affine_transform)  # One compile for all matrices.
+  eye = ra.translate_matrix(0.0, 0.0)
   np.testing.assert_array_equal(affine(image, eye), image)
   np.testing.assert_array_equal(
-      affine(image, augment.rotate_matrix(0.0, 7, 7)), image)
+      affine(image, ra.rotate_matrix(0.0, 7, 7)), image)
   # tfa.image.rotate's convention: positive angles turn counter-clockwise.
   np.testing.assert_array_equal(
-      affine(image, augment.rotate_matrix(90.0, 7, 7)),
+      affine(image, ra.rotate_matrix(90.0, 7, 7)),
       np.rot90(x, 1))
   np.testing.assert_array_equal(
-      affine(image, augment.rotate_matrix(-90.0, 7, 7)),
+      affine(image, ra.rotate_matrix(-90.0, 7, 7)),
       np.rot90(x, -1))
   # TranslateX by 2: content moves left, 128 fills the right.
   out = np.asarray(affine(
-      image, augment.translate_matrix(2.0, 0.0)))
+      image, ra.translate_matrix(2.0, 0.0)))
   np.testing.assert_array_equal(out[:, :5], x[:, 2:])
-  assert np.all(out[:, 5:] == augment.FILL_VALUE)
+  assert np.all(out[:, 5:] == ra.FILL_VALUE)
   out = np.asarray(affine(
-      image, augment.translate_matrix(0.0, -3.0)))
+      image, ra.translate_matrix(0.0, -3.0)))
   np.testing.assert_array_equal(out[3:], x[:4])
-  assert np.all(out[:3] == augment.FILL_VALUE)
+  assert np.all(out[:3] == ra.FILL_VALUE)
   # ShearX by 1: row y reads input row y shifted by y.
   out = np.asarray(affine(image,
-                                            augment.shear_x_matrix(1.0)))
+                                            ra.shear_x_matrix(1.0)))
   for y in range(7):
     np.testing.assert_array_equal(out[y, :7 - y], x[y, y:])
-    assert np.all(out[y, 7 - y:] == augment.FILL_VALUE)
+    assert np.all(out[y, 7 - y:] == ra.FILL_VALUE)
   out = np.asarray(affine(image,
-                                            augment.shear_y_matrix(1.0)))
+                                            ra.shear_y_matrix(1.0)))
   np.testing.assert_array_equal(out[:, 0], x[:, 0])
   np.testing.assert_array_equal(out[:6, 1], x[1:, 1])
   # Cutout: rows [cy - s, cy + s) x cols [cx - s, cx + s), clipped.
-  out = np.asarray(augment.cutout(image, jnp.array([1, 4]), 2))
+  out = np.asarray(ra.cutout(image, jnp.array([1, 4]), 2))
   mask = np.zeros((7, 7), bool)
   mask[0:3, 2:6] = True
-  assert np.all(out[mask] == augment.FILL_VALUE)
+  assert np.all(out[mask] == ra.FILL_VALUE)
   np.testing.assert_array_equal(out[~mask], x[~mask])
 
 
