@@ -6,7 +6,7 @@ r"""Trains and evaluates an MLP-Mixer: the project's main job.
 
 Any config field can be overridden as `--config.<field>=<value>`. Running
 again with the same workdir resumes from its latest checkpoint (run length,
-cadences and data location may change; see `mixer.train.RESUMABLE_FIELDS`).
+cadences and data location may change; see `mixer.workdir.RESUMABLE_FIELDS`).
 A workdir that holds a run with another config is refused, listing the
 differing fields; `--overwrite` deletes that run's checkpoints, metrics and
 results and starts over.

@@ -80,7 +80,7 @@ def base(model, *, dataset, image_size, channels=3, **overrides):
   c.skip_nonfinite_steps = False
   # Fine-tuning start point: '' (train from scratch), an official `.npz` or
   # one of this project's orbax checkpoints (workdir, its checkpoints/ dir or
-  # a step dir); see mixer.checkpoints.load_init_params. The paper's
+  # a step dir); see mixer.pretrained.load_init_params. The paper's
   # checkpoints are published at https://console.cloud.google.com/storage/mixer_models/
   # e.g. `gsutil cp gs://mixer_models/imagenet21k/Mixer-B_16.npz .`
   c.init_checkpoint = ''

@@ -111,7 +111,7 @@ def finetune_model_config(model_config, old_image_size, new_image_size):
 
   An image k times larger per side has k^2 times more tokens; the pretrained
   token-mixing MLP is then replicated block-diagonally over k^2 groups of
-  tokens (mixer.checkpoints.change_resolution), which needs
+  tokens (mixer.pretrained.change_resolution), which needs
   `tokens_mlp_dim = k^2 * D_S`. Returns a copy with that width (unchanged if
   the resolution is). Only integer factors are possible (ValueError else).
   """

@@ -340,7 +340,7 @@ def load_init_params(config, init_params: Any) -> Any:
             f'{source} has {s_old} tokens but the model has {s_new} (patch '
             f'grid {new_grid}): fine-tuning at another resolution needs the '
             'grid to grow by the same integer factor k along both sides '
-            '(paper Appendix C); use `checkpoints.change_resolution` directly '
+            '(paper Appendix C); use `pretrained.change_resolution` directly '
             'for other cases')
       old_grid = (new_grid[0] // k, new_grid[1] // k)
       if d_new != k * k * d_old:
