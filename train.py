@@ -28,6 +28,7 @@ metrics, config.json and results.json.
 import os
 import sys
 
+from mixer import cli  # pylint: disable=g-bad-import-order  (before JAX/TF)
 from absl import app
 from absl import flags
 from absl import logging
@@ -42,9 +43,6 @@ _OVERWRITE = flags.DEFINE_bool(
     'overwrite', False, 'Delete the checkpoints, metrics, results and '
     'TensorBoard events already in --workdir and start over (otherwise a '
     'workdir holding a run with another config is refused).')
-_DEBUG = flags.DEFINE_bool(
-    'debug', False, 'Show the traceback of errors instead of one line '
-    '(also MIXER_DEBUG=1).')
 _MULTIHOST = flags.DEFINE_bool(
     'multihost', False, 'Call jax.distributed.initialize() before training '
     '(auto-detects TPU pods, SLURM, ...; implied by --coordinator_address).')
@@ -54,63 +52,6 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     'num_processes', None, 'Multi-host: number of processes.')
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, 'Multi-host: index of this process.')
-
-# Errors about the run's inputs (the project raises ValueError subclasses
-# such as DataError and WorkdirError, OSErrors such as CheckpointWriteError,
-# and FloatingPointError for a non-finite loss): reported in one line.
-USER_ERRORS = (ValueError, OSError, FloatingPointError)
-
-
-def _debug(argv=None) -> bool:
-  if os.environ.get('MIXER_DEBUG', '') not in ('', '0'):
-    return True
-  if argv is not None:  # Flags not parsed yet.
-    return any(a in ('--debug', '-debug', '--debug=true', '--debug=True',
-                     '--debug=1') for a in argv[1:])
-  return _DEBUG.value
-
-
-def one_line(text: str, limit: int = 2000) -> str:
-  text = ' '.join(str(text).split())
-  return text if len(text) <= limit else text[:limit - 3] + '...'
-
-
-def _fail(message: str, status: int = 1):
-  print(f'error: {one_line(message)}', file=sys.stderr, flush=True)
-  sys.exit(status)
-
-
-def _override_error(e: BaseException, argv) -> str:
-  """ml_collections' error for `--config.foo=1` on a field that does not
-  exist (a bare "'foo'" KeyError/AttributeError), as one sentence."""
-  import re  # pylint: disable=g-import-not-at-top
-  text = str(e)  # Nested reprs: "'foo'" or '\'\\\'foo\\\'\\nDid you mean...'
-  name = re.search(r'[A-Za-z_]\w*', text)
-  name = name.group() if name else text
-  hint = re.search(r'Did you mean \W*(\w+)', text)
-  given = [a for a in argv[1:] if a.startswith('--config.') and
-           re.split(r'[.=]', a[len('--config.'):].split('=')[0])[-1] == name]
-  if given:
-    field = given[0][len('--config.'):].split('=')[0]
-    message = f'unknown config field {field!r} in {given[0]}'
-  else:
-    message = f'unknown config field {name!r}'
-  return message + (f'; did you mean {hint.group(1)!r}?' if hint else '')
-
-
-def _parse_flags(argv):
-  """absl's flag parsing, with every error (including ml_collections'
-  overrides of unknown fields) as one `error:` line."""
-  try:
-    return flags.FLAGS(argv)
-  except Exception as e:  # pylint: disable=broad-except
-    if _debug(argv):
-      raise
-    if isinstance(e, flags.Error):
-      _fail(str(e))
-    if isinstance(e, (AttributeError, KeyError)):
-      _fail(_override_error(e, argv))
-    _fail(f'{type(e).__name__}: {e}')
 
 
 def _initialize_distributed() -> None:
@@ -134,24 +75,13 @@ def _initialize_distributed() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  logging.set_verbosity(logging.INFO)
-  try:
-    _initialize_distributed()
-    # Imported here so that flag errors are reported without loading JAX.
-    from mixer import train  # pylint: disable=g-import-not-at-top
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
-                             overwrite=_OVERWRITE.value)
-  except USER_ERRORS as e:
-    if _debug():
-      raise
-    _fail(e)
-  except KeyboardInterrupt:
-    if _debug():
-      raise
-    _fail('interrupted; run the same command again to resume from the last '
-          'checkpoint', status=130)
+  _initialize_distributed()
+  # Imported here so that flag errors are reported without loading JAX.
+  from mixer import train  # pylint: disable=g-import-not-at-top
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                           overwrite=_OVERWRITE.value)
 
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main, flags_parser=_parse_flags)
+  cli.run(main)

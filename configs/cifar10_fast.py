@@ -14,7 +14,7 @@ images it must be kept from memorising):
 * Stochastic depth 0.1 (linear ramp over the 8 blocks) and weight decay 0.05
   relative to the learning rate (decoupled, kernels only).
 * AdamW, lr 2e-3 at batch 512 (with warmup the Adam family tolerates this),
-  10 warmup epochs then cosine to 0, clipping at global norm 1; 200 epochs,
+  10 warmup epochs (5% of the run) then cosine to 0, clipping at global norm 1; 200 epochs,
   because heavily augmented Mixers keep improving long after 100.
 * Speed: bfloat16 activations with float32 params, the uint8 dataset on the
   device (`input_pipeline='device'`: no host pipeline in the loop), 10 steps
@@ -30,12 +30,11 @@ from configs import models
 
 
 def get_config():
-  steps_per_epoch = 50_000 // 512
   c = common.base(
       models.cifar_fast(stoch_depth=0.1, dtype='bfloat16'), dataset='cifar10',
       image_size=32, batch_size=512, num_epochs=200, optimizer='adamw',
       learning_rate=2e-3, weight_decay=0.05, lr_schedule='cosine',
-      warmup_steps=10 * steps_per_epoch, grad_clip_norm=1.0,
+      warmup_percent=10 / 200, grad_clip_norm=1.0,
       label_smoothing=0.1, input_pipeline='device', steps_per_dispatch=10,
       # Multiples of steps_per_dispatch, so every dispatch is 10 steps.
       log_every_steps=100, eval_every_steps=1000,

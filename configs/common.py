@@ -58,7 +58,20 @@ def base(model, *, dataset, image_size, channels=3, **overrides):
   c.optimizer = 'adamw'  # 'adam', 'adamw' or 'sgd'.
   c.learning_rate = 1e-3
   c.lr_schedule = 'linear'  # 'linear', 'cosine' or 'constant' after warmup.
-  c.warmup_steps = 500
+  # The schedule follows the run that actually trains (mixer.optim):
+  # * Warmup: the first of these that is >= 0 wins (-1 = unset).
+  #   warmup_percent is a fraction of the run in [0, 1] (big_vision's unit):
+  #   every shipped recipe states its warmup so, so it keeps its share when
+  #   num_train_steps, num_epochs or batch_size change (a 3-step smoke run
+  #   warms up for 1 step). warmup_steps / warmup_epochs are exact amounts for
+  #   a user to set (e.g. --config.warmup_steps=100 overrides the recipe's
+  #   share); one that does not fit in the run is an error, never altered.
+  # * Decay: linear or cosine from learning_rate down to lr_end, reached
+  #   exactly at the run's last step, however long the run is.
+  c.warmup_percent = -1.0
+  c.warmup_epochs = -1.0
+  c.warmup_steps = -1
+  c.lr_end = 0.0
   c.b1 = 0.9
   c.b2 = 0.999
   c.momentum = 0.9  # sgd only.
@@ -71,6 +84,9 @@ def base(model, *, dataset, image_size, channels=3, **overrides):
   c.log_every_steps = 50
   c.eval_every_steps = -1  # -1 = once per epoch; 0 = only at the end.
   c.checkpoint_every_steps = 1000
+  # Also save whenever this many minutes passed since the last checkpoint
+  # (0 = off), so a slow run (a CPU) never loses more than that to a kill.
+  c.checkpoint_every_minutes = 10.0
   c.keep_checkpoints = 3
   c.steps_per_dispatch = 1  # Train steps fused per dispatch (lax.scan).
   # A step whose loss, gradients or new parameters are NaN/Inf stops the run
@@ -78,6 +94,9 @@ def base(model, *, dataset, image_size, channels=3, **overrides):
   # instead (params and optimizer state unchanged) and counts them in the
   # metrics as `skipped_steps`. See docs/guarantees.md.
   c.skip_nonfinite_steps = False
+  # With skip_nonfinite_steps: stop the run when more than this share of the
+  # last 100 steps (at least 10 seen) had to be skipped: it is diverging.
+  c.skip_nonfinite_limit = 0.5
   # Fine-tuning start point: '' (train from scratch), an official `.npz` or
   # one of this project's orbax checkpoints (workdir, its checkpoints/ dir or
   # a step dir); see mixer.pretrained.load_init_params. The paper's
@@ -100,26 +119,39 @@ def seed000_cifar10(variant):
 
   The seed gives only the models (its tables). The recipe is the plain one a
   small CIFAR Mixer trains well with: AdamW lr 1e-3, weight decay 0.05
-  (relative to lr), 5 warmup epochs then cosine, label smoothing 0.1,
-  pad-4 random crop + flip, batch 512, 100 epochs, clipping at 1.
+  (relative to lr), 5 warmup epochs (5% of the run) then cosine, label
+  smoothing 0.1, pad-4 random crop + flip, batch 512, 100 epochs, clipping
+  at 1.
   """
   steps_per_epoch = 50_000 // 512
   return base(models.seed000(variant), dataset='cifar10', image_size=32,
               batch_size=512, num_epochs=100, optimizer='adamw',
               learning_rate=1e-3, weight_decay=0.05, lr_schedule='cosine',
-              warmup_steps=5 * steps_per_epoch, label_smoothing=0.1,
+              warmup_percent=5 / 100, label_smoothing=0.1,
               checkpoint_every_steps=10 * steps_per_epoch)
+
+
+PAPER_WARMUP_STEPS = 10_000  # At batch 4096 (paper App. B).
+
+
+def warmup_share(steps, dataset, epochs, batch_size):
+  """`warmup_percent` that gives exactly `steps` warmup steps in a run of
+  `epochs` over `dataset` (its PRETRAIN_TRAIN_EXAMPLES) at `batch_size`."""
+  return steps / (epochs * (PRETRAIN_TRAIN_EXAMPLES[dataset] // batch_size))
 
 
 def paper_pretrain(variant):
   """Paper Table 1 model with its ImageNet-1k pre-training recipe (sec. 3.1,
   App. B): Adam b1 0.9 b2 0.999, batch 4096, lr 1e-3, weight decay 0.1,
-  10k warmup steps then linear decay, clipping at global norm 1, 300 epochs,
-  resolution 224, Inception crop + flip."""
+  10k warmup steps (as a share of the run, `warmup_share`) then linear
+  decay, clipping at global norm 1, 300 epochs, resolution 224, Inception
+  crop + flip."""
   c = base(models.paper(variant, num_classes=1000), dataset='imagenet2012',
            image_size=224, batch_size=4096, num_epochs=300, optimizer='adamw',
            learning_rate=1e-3, weight_decay=0.1, lr_schedule='linear',
-           warmup_steps=10_000, grad_clip_norm=1.0, eval_batch_size=1024,
+           warmup_percent=warmup_share(PAPER_WARMUP_STEPS, 'imagenet2012', 300,
+                                       4096),
+           grad_clip_norm=1.0, eval_batch_size=1024,
            train_split='train', eval_split='validation', shuffle_buffer=250_000,
            checkpoint_every_steps=2000, log_every_steps=100,
            eval_every_steps=5000)
@@ -161,8 +193,9 @@ PRETRAIN_TRAIN_EXAMPLES = {
 
 # `:gpu8` variants, for one machine with 8 GPUs: global batch 512 (64 per GPU)
 # instead of 4096, fewer epochs (dataset -> epochs), the learning rate scaled
-# linearly with the batch (1e-3 * 512 / 4096) and the warmup scaled to keep the
-# same fraction of the run (10k * 4096/512 * epochs/300 steps).
+# linearly with the batch (1e-3 * 512 / 4096) and the warmup the same
+# fraction of the run (warmup_percent is unchanged: about
+# 10k * 4096/512 * epochs/300 steps).
 GPU8_BATCH_SIZE = 512
 GPU8_EPOCHS = {'imagenet2012': 90, 'imagenet21k': 30}
 
@@ -210,6 +243,8 @@ def paper_table4(variant, dataset, mode=None):
   c.train_split = train_split
   c.eval_split = eval_split
   c.num_epochs = epochs
+  c.warmup_percent = warmup_share(PAPER_WARMUP_STEPS, dataset, epochs,
+                                  c.batch_size)
   c.learning_rate = TABLE4_LEARNING_RATE
   c.weight_decay = TABLE4_WEIGHT_DECAY
   c.label_smoothing = 0.0
@@ -226,7 +261,6 @@ def paper_table4(variant, dataset, mode=None):
     scale = GPU8_BATCH_SIZE / c.batch_size
     c.num_epochs = GPU8_EPOCHS[dataset]
     c.learning_rate = TABLE4_LEARNING_RATE * scale
-    c.warmup_steps = int(round(c.warmup_steps / scale * c.num_epochs / epochs))
     c.batch_size = GPU8_BATCH_SIZE
     c.eval_batch_size = GPU8_BATCH_SIZE
     c.eval_every_steps = 10_000
@@ -253,7 +287,8 @@ def paper_finetune(variant, dataset, image_size=224, *,
   """Fine-tuning a pretrained paper model (set `init_checkpoint`).
 
   The paper's recipe (and vit_jax's `configs/common.py`): SGD with momentum
-  0.9, batch 512, global-norm clipping at 1, linear warmup (500 steps) then
+  0.9, batch 512, global-norm clipping at 1, linear warmup (500 steps, as a
+  share of the run; 5% of the 500-step Pets and Flowers runs) then
   cosine decay, no weight decay, no label smoothing, base learning rate 0.03
   (the paper picks from a small grid), 10k steps for CIFAR, 500 for Pets and
   Flowers, 20k for ImageNet; Inception crop + flip for training, a plain
@@ -268,7 +303,8 @@ def paper_finetune(variant, dataset, image_size=224, *,
   model = models.finetune_model_config(model, pretrain_image_size, image_size)
   c = base(model, dataset=dataset, image_size=image_size, batch_size=512,
            num_train_steps=steps, optimizer='sgd', momentum=0.9,
-           learning_rate=0.03, lr_schedule='cosine', warmup_steps=500,
+           learning_rate=0.03, lr_schedule='cosine',
+           warmup_percent=500 / steps if steps > 500 else 0.05,
            weight_decay=0.0, grad_clip_norm=1.0, label_smoothing=0.0,
            train_split=train_split, eval_split=eval_split,
            eval_batch_size=512, eval_every_steps=max(steps // 10, 50),

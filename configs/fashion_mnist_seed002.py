@@ -15,7 +15,7 @@ def get_config():
   c = common.base(
       models.seed002(), dataset='fashion_mnist', image_size=28, channels=1,
       batch_size=256, num_epochs=60, optimizer='adam', learning_rate=0.01,
-      lr_schedule='constant', warmup_steps=0, weight_decay=0.0,
+      lr_schedule='constant', warmup_percent=0.0, weight_decay=0.0,
       grad_clip_norm=0.0, checkpoint_every_steps=2000)
   c.augment.crop = 'none'
   c.augment.flip = False

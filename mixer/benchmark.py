@@ -100,9 +100,9 @@ def run(config, *, batch_size: int, dtype: str, steps: int, repeats: int,
   shape = models.input_shape(config)
   model.check(shape)
   total = max(steps * (repeats + 1), 2)
-  # The real optimizer; warmup shortened if longer than the benchmark.
-  if config.warmup_steps >= total:
-    config = _no_warmup(config)
+  # The real optimizer, without a warmup (its length in a run is irrelevant
+  # to the step's speed, and a recipe's may not fit the benchmark's steps).
+  config = _no_warmup(config)
   schedule = optim.learning_rate_schedule(config, total)
   tx = optim.make_optimizer(config, total)
   step = step_lib.make_train_step(config, model, tx, schedule,

@@ -11,11 +11,18 @@ position), so a run resumes where it stopped, RNG and data order included.
 A failed write (e.g. disk full) raises `CheckpointWriteError`, one line that
 names the newest complete checkpoint, which stays restorable.
 
+Integrity: `save` records a SHA-256 digest of every saved array (its dtype,
+shape and bytes) in the step's `meta`; `restore` recomputes them and a step
+whose arrays differ from their digests, or that cannot be read at all
+(truncated or zeroed files), is set aside like an incomplete step, with one
+warning line, and the newest step that verifies is restored instead.
+
 Owns only the run's own checkpoints; official `.npz` weights and fine-tuning
 initialisation are `mixer.pretrained`.
 """
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -27,6 +34,7 @@ from absl import logging
 from etils import epath
 from flax import traverse_util
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from mixer import devices
@@ -161,24 +169,45 @@ def _root_cause(e: BaseException) -> BaseException:
   return e
 
 
+# How TensorStore (orbax's array writer) reports a full disk: a
+# RESOURCE_EXHAUSTED status whose text carries the OS error, not an OSError.
+_DISK_FULL_TEXTS = ('no space left on device', 'enospc', 'disk quota exceeded')
+
+
+def _is_disk_full(e: BaseException) -> bool:
+  seen, cur = set(), e
+  while cur is not None and id(cur) not in seen:
+    seen.add(id(cur))
+    if getattr(cur, 'errno', None) in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    text = str(cur).lower()
+    if any(t in text for t in _DISK_FULL_TEXTS):
+      return True
+    cur = cur.__cause__ or cur.__context__
+  return False
+
+
 def _write_error(mgr: ocp.CheckpointManager, step: Optional[int],
                  e: BaseException) -> CheckpointWriteError:
   """One line: which step failed, why, and which checkpoint is intact."""
   cause = _root_cause(e)
-  text = ' '.join(str(cause).split()) or type(cause).__name__
-  if len(text) > 300:
-    text = text[:297] + '...'
   directory = str(mgr.directory)
   done = complete_steps(directory)
   what = f'checkpoint step {step}' if step is not None else 'a checkpoint'
   intact = (f'the latest complete checkpoint, step {done[-1]}, is intact'
             if done else 'no complete checkpoint exists yet')
+  if _is_disk_full(e):
+    return CheckpointWriteError(
+        errno.ENOSPC, f'cannot write {what} to {directory}: the disk is full '
+        f'(No space left on device); {intact}; free some disk space and run '
+        'the same command again to resume')
+  text = ' '.join(str(cause).split()) or type(cause).__name__
+  if len(text) > 300:
+    text = text[:297] + '...'
   code = getattr(cause, 'errno', None)
-  hint = ('; free some disk space and run again to resume'
-          if code == errno.ENOSPC else '')
   return CheckpointWriteError(
       code or errno.EIO, f'cannot write {what} to {directory}: '
-      f'{type(cause).__name__}: {text}; {intact}{hint}')
+      f'{type(cause).__name__}: {text}; {intact}')
 
 
 # The step of each manager's last save, to name it if its (asynchronous)
@@ -186,18 +215,34 @@ def _write_error(mgr: ocp.CheckpointManager, step: Optional[int],
 _LAST_SAVE = weakref.WeakKeyDictionary()
 
 
+DIGEST = 'sha256'  # Of each array's dtype, shape and C-order bytes.
+
+
+def digests(tree: Any) -> Dict[str, str]:
+  """{'params/stem/kernel': hex digest, ...} of every array in `tree`."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    x = np.ascontiguousarray(np.asarray(leaf))
+    h = hashlib.sha256(f'{x.dtype.str}{x.shape}'.encode())
+    h.update(memoryview(x.reshape(-1)).cast('B'))
+    out[jax.tree_util.keystr(path)] = h.hexdigest()
+  return out
+
+
 def save(mgr: ocp.CheckpointManager, step: int, state: Any,
          meta: dict) -> bool:
-  """Starts saving `state` (host or device arrays) at `step`; async.
+  """Starts saving `state` (host arrays) at `step`; async.
 
   First waits for the previous save (orbax does too), so that its failure
-  is reported with its step.
+  is reported with its step. The digests of `state`'s arrays go into `meta`
+  (`digests`), so `restore` can tell a damaged step from a good one.
 
   Raises:
     CheckpointWriteError: this save or the previous one failed (disk full,
       permissions, ...); one line naming the step and the cause.
   """
   wait_until_finished(mgr)
+  meta = dict(meta, digests=digests(state), digest=DIGEST)
   try:
     saved = mgr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
@@ -240,37 +285,87 @@ def _check_params_fit(step_dir: str, target: Any) -> None:
         'workdir, or train.py --overwrite to start over)')
 
 
-def restore(mgr: ocp.CheckpointManager, target: Any,
-            step: Optional[int] = None) -> Optional[Tuple[int, Any, dict]]:
-  """(step, state, meta) of `step` (default: latest), or None if none exists.
+class CheckpointDamaged(ValueError):
+  """A step folder cannot be read, or its arrays differ from their digests."""
 
-  `target` is a pytree of the expected structure (e.g. the freshly
-  initialised state, a dict with 'params'); arrays come back with its shapes
-  and dtypes.
+  def __init__(self, step_dir: str, reason: str):
+    super().__init__(f'checkpoint {step_dir} {reason}')
+    self.reason = reason
 
-  Raises:
-    ValueError: one line, when the saved params' paths or shapes differ from
-      `target`'s (a run with another model config), or when the step cannot
-      be read (damaged files); the message names the step folder.
-  """
-  step = mgr.latest_step() if step is None else step
-  if step is None:
-    return None
+
+def _restore_step(mgr: ocp.CheckpointManager, step: int, abstract: Any
+                  ) -> Tuple[Any, dict]:
   step_dir = os.path.join(str(mgr.directory), str(step))
-  if isinstance(target, dict) and 'params' in target:
-    _check_params_fit(step_dir, target)
-  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
   try:
     restored = mgr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
   except Exception as e:  # pylint: disable=broad-except
     text = ' '.join(str(e).split())
+    raise CheckpointDamaged(
+        step_dir, f'cannot be read ({type(e).__name__}: {text[:200]})') from e
+  meta = restored['meta']
+  saved = meta.get('digests') if isinstance(meta, dict) else None
+  if saved is not None:  # Checkpoints written before digests: not checked.
+    actual = digests(restored['state'])
+    bad = sorted(k for k in set(saved) | set(actual)
+                 if saved.get(k) != actual.get(k))
+    if bad:
+      raise CheckpointDamaged(
+          step_dir, f'is damaged: {len(bad)} of {len(saved)} arrays differ '
+          f'from the digests recorded when it was saved (first: {bad[0]})')
+  if isinstance(meta, dict):  # The digests are this module's business.
+    meta = {k: v for k, v in meta.items() if k not in ('digests', 'digest')}
+  return restored['state'], meta
+
+
+def restore(mgr: ocp.CheckpointManager, target: Any,
+            step: Optional[int] = None) -> Optional[Tuple[int, Any, dict]]:
+  """(step, state, meta) of `step` (default: the newest that verifies), or
+  None if there is none.
+
+  `target` is a pytree of the expected structure (e.g. the freshly
+  initialised state, a dict with 'params'); arrays come back with its shapes
+  and dtypes, and are checked against the digests `save` recorded. Without
+  `step`, a step that cannot be read or does not match its digests is moved
+  to `<workdir>/checkpoints_incomplete/` with one warning, and the next
+  older one is tried.
+
+  Raises:
+    ValueError: one line, when the saved params' paths or shapes differ from
+      `target`'s (a run with another model config).
+    CheckpointDamaged: `step` was given and is damaged.
+    ValueError: every step was damaged (all of them are then set aside).
+  """
+  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+  steps = [step] if step is not None else sorted(mgr.all_steps(),
+                                                 reverse=True)
+  damaged = []
+  for s in steps:
+    step_dir = os.path.join(str(mgr.directory), str(s))
+    if isinstance(target, dict) and 'params' in target:
+      _check_params_fit(step_dir, target)
+    t0 = time.time()
+    try:
+      state, meta = _restore_step(mgr, s, abstract)
+    except CheckpointDamaged as e:
+      if step is not None:
+        raise
+      if jax.process_index() == 0:
+        _set_aside(step_dir, e.reason)
+      devices.sync('mixer_checkpoints_set_aside_damaged')
+      damaged.append(f'step {s}')
+      mgr.reload()
+      continue
+    logging.info('Restored checkpoint step %d from %s (read and verified in '
+                 '%.1f s)', s, mgr.directory, time.time() - t0)
+    return s, state, meta
+  if damaged:
     raise ValueError(
-        f'cannot restore checkpoint {step_dir}: {type(e).__name__}: '
-        f'{text[:300]}; if it is damaged, move that folder away to resume '
-        'from the previous checkpoint') from e
-  logging.info('Restored checkpoint step %d from %s', step, mgr.directory)
-  return step, restored['state'], restored['meta']
+        f'no checkpoint in {mgr.directory} could be restored: '
+        f'{", ".join(damaged)} failed verification and were moved to '
+        f'{INCOMPLETE_SUBDIR}/; run the same command again to start from '
+        'scratch, or put back a good copy')
+  return None
 
 
 def restore_params(path: str) -> Any:

@@ -6,8 +6,10 @@ masked, or the tf.data stream for data that is not in memory at the model's
 resolution); the loop never sees eval batches. No training, no I/O.
 """
 
-from typing import Callable, Dict
+import time
+from typing import Callable, Dict, Optional
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,6 +37,11 @@ def make_eval_step(model: models.MlpMixer, num_classes: int) -> Callable:
 
 
 
+# An evaluation longer than this logs its progress, every this often.
+PROGRESS_AFTER_SECONDS = 5.0
+PROGRESS_EVERY_SECONDS = 10.0
+
+
 class Evaluator:
   """Classification eval of `config.eval_split` on this process's devices.
 
@@ -44,12 +51,14 @@ class Evaluator:
     num_classes: classes of the dataset.
     stream: read the eval split through `data.tfds_eval_dataset` (data not
       in memory at the model's resolution) instead of `data.eval_batches`.
+    num_examples: examples in the eval split (for progress lines).
   """
 
   def __init__(self, config, model: models.MlpMixer, num_classes: int, *,
-               stream: bool):
+               stream: bool, num_examples: Optional[int] = None):
     self.config = config
     self.stream = stream
+    self.num_examples = num_examples
     self.num_devices = jax.local_device_count()
     self.process_index = jax.process_index()
     self.process_count = jax.process_count()
@@ -57,18 +66,37 @@ class Evaluator:
                            axis_name='batch')
 
   def evaluate(self, params) -> Dict[str, float]:
-    """Loss and accuracy over every eval example (padding masked out)."""
+    """Loss and accuracy over every eval example (padding masked out).
+
+    An evaluation that takes longer than PROGRESS_AFTER_SECONDS logs its
+    progress every PROGRESS_EVERY_SECONDS.
+    """
     totals = None
     source = (data.tfds_eval_dataset if self.stream
               else data.eval_batches)
+    t0 = last = time.time()
+    total = self.num_examples
+    done = 0
     for b in source(self.config, process_index=self.process_index,
                     process_count=self.process_count):
       shard = lambda x: x.reshape((self.num_devices, -1) + x.shape[1:])
       out = self.p_eval(params, shard(b['image']),
                         shard(b['label'].astype(np.int32)), shard(b['mask']))
       out = jax.tree_util.tree_map(lambda x: x[0], out)
+      if totals is not None:  # One batch in flight: the clock sees work done.
+        jax.block_until_ready(totals)
       totals = out if totals is None else jax.tree_util.tree_map(
           jnp.add, totals, out)
+      now = time.time()
+      if now - t0 >= PROGRESS_AFTER_SECONDS and \
+          now - last >= PROGRESS_EVERY_SECONDS:
+        done = int(jax.device_get(totals['count']))
+        now = last = time.time()
+        rate = done / max(now - t0, 1e-9)
+        eta = (f', ETA {(total - done) / rate:.0f} s' if total and rate
+               else '')
+        logging.info('eval: %s%s images (%.0f img/s%s)', f'{done:,}',
+                     f'/{total:,}' if total else '', rate, eta)
     totals = jax.device_get(totals)
     count = float(totals['count'])
     return {'eval_loss': float(totals['loss']) / count,

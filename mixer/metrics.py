@@ -7,8 +7,12 @@
   and the log. On machines without TensorFlow (clu's writers and periodic
   actions import it) a plain logging writer is used instead, so training
   still runs.
-* `Progress` logs steps/s, images/s and the ETA; it also drives clu's
-  `periodic_actions.ReportProgress` when that is importable.
+* `Progress` times the training steps (evaluation and checkpoint writes
+  excluded), says when a progress line is due (every `log_every_steps`, or
+  every `every_secs` of wall time, whichever comes first) and formats it
+  with images/s and the ETA of the whole run (the evaluations still to come
+  included); it also drives clu's `periodic_actions.ReportProgress` when
+  that is importable.
 * `UnloggedSteps` keeps the per-step train metrics between two log steps on
   the host (and in checkpoints), so a resumed run logs the same averages.
 
@@ -19,12 +23,17 @@ Every field of a `metrics.jsonl` record except `TIMING_FIELDS` is a function
 of the config and seed: two runs of one config on the same platform, or a
 run that was killed and resumed, write the same records once those fields
 are dropped (`read_records(..., drop_timing=True)`).
+
+`metrics.jsonl` and `results.json` are strict JSON (`strict_json`): a NaN or
+infinite value is written as null and its field listed under `nonfinite`,
+so any JSON reader loads them.
 """
 
 import json
+import math
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from absl import logging
 from clu import metrics as clu_metrics
@@ -59,12 +68,45 @@ class EvalMetrics(clu_metrics.Collection):
 
 
 def _py(value: Any) -> Any:
-  """A JSON-friendly Python scalar."""
+  """A JSON-friendly Python scalar (floats to 7 significant digits)."""
   if isinstance(value, (np.generic, np.ndarray)):
     value = value.item()
-  if isinstance(value, float):
+  if isinstance(value, float) and math.isfinite(value):
     return float(f'{value:.7g}')
   return value
+
+
+def strict_json(obj: Any, path: str = '') -> Tuple[Any, List[str]]:
+  """(obj with every NaN/Inf float replaced by None, the paths replaced).
+
+  JSON has no NaN or Infinity; Python's json module writes them anyway,
+  which most readers reject.
+  """
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None, [path or '.']
+  if isinstance(obj, dict):
+    out, bad = {}, []
+    for k, v in obj.items():
+      out[k], b = strict_json(v, f'{path}.{k}' if path else str(k))
+      bad += b
+    return out, bad
+  if isinstance(obj, (list, tuple)):
+    out, bad = [], []
+    for i, v in enumerate(obj):
+      x, b = strict_json(v, f'{path}[{i}]')
+      out.append(x)
+      bad += b
+    return out, bad
+  return obj, []
+
+
+def dumps(obj: Any, **kwargs) -> str:
+  """`json.dumps` of `strict_json(obj)`, with a `nonfinite` list of the
+  fields that were NaN or infinite (dicts only)."""
+  clean, bad = strict_json(obj)
+  if bad and isinstance(clean, dict):
+    clean['nonfinite'] = bad
+  return json.dumps(clean, allow_nan=False, **kwargs)
 
 
 class MetricsWriter:
@@ -108,14 +150,16 @@ class MetricsWriter:
   def write(self, step: int, scalars: Dict[str, Any]) -> None:
     record = {'step': int(step)}
     record.update({k: _py(v) for k, v in scalars.items()})
+    line = dumps(record)
     if self._writer is not None:
-      self._writer.write_scalars(step, {k: v for k, v in record.items()
-                                        if k != 'step'})
+      self._writer.write_scalars(step, {
+          k: v for k, v in record.items() if k != 'step' and
+          isinstance(v, (int, float)) and math.isfinite(v)})
     else:
-      logging.info('step %d: %s', step, json.dumps(record))
+      logging.debug('step %d: %s', step, line)
     if self.is_chief:
       with open(self.path, 'a') as f:
-        f.write(json.dumps(record) + '\n')
+        f.write(line + '\n')
 
   def write_hparams(self, hparams: Dict[str, Any]) -> None:
     if self._writer is not None and self.is_chief:
@@ -150,25 +194,42 @@ def read_records(workdir: str, *, drop_timing: bool = False
   return records
 
 
-def format_duration(seconds: float) -> str:
-  if not np.isfinite(seconds):
+def format_duration(seconds: Optional[float]) -> str:
+  """'1:02:03', or '2 days 3:04:05' beyond a day; '?' when unknown."""
+  if seconds is None or not np.isfinite(seconds):
     return '?'
   seconds = int(max(seconds, 0))
+  days, seconds = divmod(seconds, 86400)
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
-  return f'{h}:{m:02d}:{s:02d}'
+  clock = f'{h}:{m:02d}:{s:02d}'
+  return f'{days} day{"s" if days > 1 else ""} {clock}' if days else clock
 
 
 class Progress:
-  """Steps/s, images/s and ETA, measured between calls (excludes compile)."""
+  """Training throughput and the ETA of the whole run.
+
+  Only training counts: the first (compiling) dispatch, evaluations and
+  checkpoint writes are excluded with `pause`/`resume`, so images/s is the
+  steps' own speed. Once an evaluation has been timed, the ETA adds the
+  evaluations still to come at that cost ('+ evaluations' before).
+  """
 
   def __init__(self, *, total_steps: int, start_step: int, batch_size: int,
+               steps_per_epoch: int, eval_every: int = 0,
+               every_secs: float = 30.0,
                writer: Optional[MetricsWriter] = None):
     self.total_steps = total_steps
     self.batch_size = batch_size
-    self._t0 = None
-    self._s0 = start_step
-    self._last = (time.time(), start_step)
+    self.steps_per_epoch = max(steps_per_epoch, 1)
+    self.eval_every = eval_every
+    self.every_secs = every_secs
+    self.eval_seconds = None  # Measured cost of one evaluation.
+    self.train_seconds = 0.0  # Timed training so far (this session).
+    self.timed_steps = 0
+    self._running_since = None
+    self._step0 = start_step
+    self._last_line = time.time()
     self._report = None
     periodic_actions = _clu_writers()[1] if writer is not None and \
         writer._writer is not None else None  # pylint: disable=protected-access
@@ -178,30 +239,70 @@ class Progress:
           writer=writer._writer)  # pylint: disable=protected-access
 
   def start(self, step: int) -> None:
-    """Marks the first measured step (call after the first, compiling, step)."""
-    self._t0 = time.time()
-    self._s0 = step
-    self._last = (self._t0, step)
+    """Starts the clock (call after the first, compiling, dispatch)."""
+    self._step0 = step
+    self.resume()
 
-  def update(self, step: int) -> Dict[str, float]:
-    """Rates since the last call and the ETA; also ticks clu's reporter."""
-    now = time.time()
-    t_last, s_last = self._last
-    self._last = (now, step)
-    rate = (step - s_last) / max(now - t_last, 1e-9)
-    overall = ((step - self._s0) / max(now - self._t0, 1e-9)
-               if self._t0 is not None and step > self._s0 else rate)
+  def pause(self, step: int) -> None:
+    """Stops the clock at `step` (all its work done) for an eval or save."""
+    if self._running_since is not None:
+      self.train_seconds += time.time() - self._running_since
+      self.timed_steps = step - self._step0
+      self._running_since = None
+
+  def resume(self) -> None:
+    self._running_since = time.time()
+
+  def timed(self, step: int) -> Tuple[float, int]:
+    """(seconds, steps) of timed training up to `step` (whose work must be
+    done)."""
+    seconds = self.train_seconds
+    if self._running_since is not None:
+      seconds += time.time() - self._running_since
+    return seconds, step - self._step0
+
+  def images_per_sec(self, step: int) -> Optional[float]:
+    seconds, steps = self.timed(step)
+    return steps * self.batch_size / seconds if seconds > 0 and steps else None
+
+  def due(self) -> bool:
+    """Whether `every_secs` passed since the last progress line."""
+    return time.time() - self._last_line >= self.every_secs
+
+  def evals_left(self, step: int) -> int:
+    """Evaluations still to run after `step`'s (the final one included)."""
+    if not self.eval_every:
+      return int(step < self.total_steps)
+    return (self.total_steps // self.eval_every - step // self.eval_every +
+            (self.total_steps % self.eval_every != 0))
+
+  def remaining_seconds(self, step: int) -> Optional[float]:
+    """Training still to do, plus the evaluations once one was timed."""
+    rate = self.images_per_sec(step)
+    if not rate:
+      return None
+    left = (self.total_steps - step) * self.batch_size / rate
+    if self.eval_seconds is not None:
+      left += self.evals_left(step) * self.eval_seconds
+    return left
+
+  def eta(self, step: int) -> str:
+    text = format_duration(self.remaining_seconds(step))
+    if self.eval_seconds is None and self.evals_left(step):
+      text += ' + evaluations'
+    return text
+
+  def line(self, step: int, extra: str = '') -> str:
+    """'step 120/9,700 (1.2%, epoch 1.24): <extra>, 85 img/s, ETA 1:52:10'."""
+    self._last_line = time.time()
     if self._report is not None:
-      self._report(step, now)
-    eta = (self.total_steps - step) / overall if overall > 0 else float('nan')
-    return {'steps_per_sec': rate, 'images_per_sec': rate * self.batch_size,
-            'eta_seconds': eta}
-
-  def line(self, step: int, rates: Dict[str, float], extra: str = '') -> str:
+      self._report(step, time.time())
     pct = 100.0 * step / max(self.total_steps, 1)
-    return (f'step {step}/{self.total_steps} ({pct:.1f}%) {extra}'
-            f'{rates["images_per_sec"]:,.0f} img/s, '
-            f'ETA {format_duration(rates["eta_seconds"])}')
+    rate = self.images_per_sec(step)
+    speed = f'{rate:,.0f} img/s' if rate else '? img/s'
+    return (f'step {step:,}/{self.total_steps:,} ({pct:.1f}%, epoch '
+            f'{step / self.steps_per_epoch:.2f}): {extra}{speed}, ETA '
+            f'{self.eta(step)}')
 
 
 _STEP_KEYS = ('train_loss', 'train_accuracy', 'learning_rate', 'grad_norm')
@@ -238,6 +339,16 @@ class UnloggedSteps:
   def to_json(self) -> Dict[str, Any]:
     return {'step': list(self.steps), 'finite': list(self.finite),
             **{k: [float(v) for v in vals] for k, vals in self.values.items()}}
+
+  def peek(self) -> Dict[str, float]:
+    """Means over this interval's finite steps so far (not cleared)."""
+    ok = np.asarray(self.finite, bool)
+    out = {}
+    for k in ('train_loss', 'train_accuracy'):
+      vals = np.asarray(self.values[k], np.float32)[ok]
+      if vals.size:
+        out[k] = float(np.mean(vals, dtype=np.float64))
+    return out
 
   def record(self, skip_nonfinite: bool) -> Dict[str, Any]:
     """Means over this interval's finite steps; clears the interval."""

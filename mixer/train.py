@@ -26,8 +26,12 @@ refused (`mixer.workdir.WorkdirError`) unless `overwrite=True`.
 
 import collections
 import os
+import signal
+import socket
+import sys
+import threading
 import time
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from absl import logging
 import jax
@@ -53,10 +57,36 @@ class NonFiniteError(FloatingPointError):
   """
 
 
+class Interrupted(KeyboardInterrupt):
+  """The run was stopped (Ctrl-C, or `stop` set) at a step boundary.
+
+  The message says which checkpoint holds the state and how to resume.
+  """
+
+
+# How long after Ctrl-C the loop may take to reach a step boundary and save
+# the state; past it (a step that takes longer, e.g. a large batch on a
+# CPU), the process exits at once and the last checkpoint is the resume
+# point. A checkpoint write that has started is waited for, up to
+# STOP_SAVE_SECONDS.
+STOP_GRACE_SECONDS = 8.0
+STOP_SAVE_SECONDS = 60.0
+# Dispatches queued on the device beyond the one running: enough to keep an
+# accelerator busy, few enough that a stop request is served promptly.
+MAX_IN_FLIGHT = 2
+# A progress line at least this often (seconds), besides every
+# `log_every_steps`.
+PROGRESS_EVERY_SECONDS = 30.0
+# With skip_nonfinite_steps, the window of recent steps whose skipped share
+# is checked against config.skip_nonfinite_limit.
+SKIP_WINDOW = 100
+
+
 class Trainer:
   """Builds everything a run needs from the config; no I/O in __init__."""
 
   def __init__(self, config: ml_collections.ConfigDict):
+    workdir_lib.check_config_values(config)
     self.config = config
     self.num_devices = jax.local_device_count()
     self.process_index = jax.process_index()
@@ -90,10 +120,13 @@ class Trainer:
       self.total_steps = int(config.num_epochs * self.steps_per_epoch)
     if self.total_steps <= 0:
       raise ValueError('num_train_steps or num_epochs must be > 0')
-    self.schedule = optim.learning_rate_schedule(config, self.total_steps)
-    self.tx = optim.make_optimizer(config, self.total_steps)
-    step = step_lib.make_train_step(config, self.model, self.tx, self.schedule,
-                           self.info.num_classes)
+    spe = self.steps_per_epoch
+    self.warmup_steps, self.warmup_source = optim.resolve_warmup(
+        config, self.total_steps, spe)
+    self.schedule = optim.learning_rate_schedule(config, self.total_steps, spe)
+    self.tx = optim.make_optimizer(config, self.total_steps, spe)
+    step = step_lib.make_train_step(config, self.model, self.tx,
+                                    self.schedule, self.info.num_classes)
     self.p_train = jax.pmap(step_lib.make_multi_step(step), axis_name='batch',
                             donate_argnums=(0,))
     self.p_train_indexed = jax.pmap(
@@ -114,6 +147,7 @@ class Trainer:
                              and config.augment.crop != 'inception')
     self.stream_eval = not (self.info.in_memory and same_size) or (
         not self.info.fixed_size and config.augment.eval_crop == 'center')
+    self.resized = not same_size
     if config.input_pipeline == 'device' and self.stream_train:
       raise ValueError(
           "input_pipeline='device' needs the training set in memory at the "
@@ -122,7 +156,46 @@ class Trainer:
           "input_pipeline='host'")
     self.evaluator = evaluate.Evaluator(config, self.model,
                                         self.info.num_classes,
-                                        stream=self.stream_eval)
+                                        stream=self.stream_eval,
+                                        num_examples=self.info.num_eval)
+
+  def describe(self) -> List[str]:
+    """What the run will do, in a few log lines (its size first)."""
+    c, info = self.config, self.info
+    images = self.total_steps * self.batch_size
+    lines = [
+        f'Run: {self.total_steps:,} steps = '
+        f'{self.total_steps / self.steps_per_epoch:.4g} epochs of '
+        f'{info.num_train:,} {info.name} training images ({images:,} images) '
+        f'at global batch {self.batch_size:,}; '
+        + (f'evaluates {info.num_eval:,} images every {self.eval_every:,} '
+           'steps and at the end' if self.eval_every else
+           f'evaluates {info.num_eval:,} images at the end')
+        + (f'; checkpoints every {c.checkpoint_every_steps:,} steps'
+           if c.checkpoint_every_steps > 0 else '; checkpoints at the end')
+        + (f' and every {c.checkpoint_every_minutes:g} minutes'
+           if c.get('checkpoint_every_minutes', 0) > 0 else ''),
+        f'Learning rate: {c.learning_rate:g}, linear warmup over '
+        f'{self.warmup_steps:,} steps ({self.warmup_source}), then '
+        f'{c.lr_schedule} to {c.get("lr_end", 0.0):g} at step '
+        f'{self.total_steps:,}']
+    if c.num_train_steps > 0 and c.get('warmup_percent', -1) >= 0 and \
+        c.get('warmup_steps', -1) < 0 and c.get('warmup_epochs', -1) < 0:
+      full = int(c.num_epochs * self.steps_per_epoch)
+      if full != self.total_steps:
+        was, _ = optim.resolve_warmup(c, full, self.steps_per_epoch)
+        lines.append(
+            f'Warmup follows the run: {was:,} -> {self.warmup_steps:,} steps '
+            f'(the config\'s {c.num_epochs:g} epochs, {full:,} steps, warm '
+            f'up for {was:,}; num_train_steps={self.total_steps:,} keeps '
+            'the same share)')
+    if self.resized:
+      h, w = models.input_shape(c)[:2]
+      lines.append(
+          f'{info.name} images are stored at {info.image_shape[0]}x'
+          f'{info.image_shape[1]} but the model takes {h}x{w}: they are '
+          'resized on the host (tf.data) for training and evaluation')
+    return lines
 
   # -- batches -------------------------------------------------------------
 
@@ -176,41 +249,142 @@ class Trainer:
         k = min(k, every - step % every)
     return max(1, min(k, self.total_steps - step))
 
-  # -- evaluation ----------------------------------------------------------
+
+class _StopRequest:
+  """A stop request: SIGINT (Ctrl-C) in a single-process run's main thread,
+  or `event` set by another thread (a notebook).
+
+  The SIGINT handler only sets `event`; the loop notices it at the next
+  step boundary, saves the current step and raises `Interrupted`. A Python
+  handler runs only between bytecodes, so while the main thread waits on a
+  long device step a watchdog thread (woken through `signal.set_wakeup_fd`)
+  gives the loop STOP_GRACE_SECONDS, then prints `fallback()` and exits the
+  process; a second Ctrl-C exits at once. A checkpoint write in progress
+  (`saving`) is waited for, so a stop never leaves a half-written step
+  behind (and orbax's atomic writes would set one aside anyway).
+  """
+
+  def __init__(self, event: Optional[threading.Event] = None):
+    self.event = event or threading.Event()
+    self.saving = threading.Event()
+    self.fallback: Callable[[], str] = lambda: 'stopped'
+    self._installed = False
+    self._done = threading.Event()
+
+  def requested(self) -> bool:
+    return self.event.is_set()
+
+  def __enter__(self) -> '_StopRequest':
+    if (threading.current_thread() is not threading.main_thread() or
+        jax.process_count() > 1):
+      return self
+    self._read, self._write = socket.socketpair()
+    self._write.setblocking(False)
+    self._old_fd = signal.set_wakeup_fd(self._write.fileno(),
+                                        warn_on_full_buffer=False)
+    self._old_handler = signal.signal(signal.SIGINT,
+                                      lambda *_: self.event.set())
+    self._installed = True
+    threading.Thread(target=self._watch, daemon=True,
+                     name='mixer-stop-watchdog').start()
+    return self
+
+  def _watch(self) -> None:
+    count, deadline = 0, None
+    while not self._done.is_set():
+      timeout = None if deadline is None else max(deadline - time.time(), 0.05)
+      self._read.settimeout(timeout)
+      try:
+        data = self._read.recv(64)
+        if not data:
+          return  # Closed by __exit__.
+      except socket.timeout:
+        data = b''
+      except OSError:
+        return
+      if self._done.is_set():
+        return
+      received = data.count(bytes([signal.SIGINT]))
+      if received:
+        count += received
+        if count >= 2:
+          self._exit('second Ctrl-C: ')
+        deadline = time.time() + STOP_GRACE_SECONDS
+      elif deadline is not None and time.time() >= deadline:
+        if self.saving.is_set():
+          deadline = time.time() + STOP_SAVE_SECONDS
+          self.saving.clear()
+        else:
+          self._exit('')
+
+  def _exit(self, prefix: str) -> None:
+    try:
+      message = self.fallback()
+    except Exception:  # pylint: disable=broad-except
+      message = 'stopped'
+    print(f'{prefix}{message}', file=sys.stderr, flush=True)
+    os._exit(130)  # pylint: disable=protected-access
+
+  def __exit__(self, *exc) -> None:
+    self._done.set()
+    if self._installed:
+      signal.signal(signal.SIGINT, self._old_handler)
+      signal.set_wakeup_fd(self._old_fd)
+      self._write.close()
+      self._read.close()
+      self._installed = False
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       overwrite: bool = False) -> Dict[str, Any]:
+                       overwrite: bool = False,
+                       stop: Optional[threading.Event] = None
+                       ) -> Dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint).
 
   Writes `workdir/checkpoints/`, `metrics.jsonl`, TensorBoard events (when
   TensorFlow is installed), `config.json` and, at the end, `results.json`,
   whose content is also returned. Only process 0 writes files other than
-  checkpoints (which every process takes part in).
+  checkpoints (which every process takes part in). The workdir is locked
+  for the whole run: a second run on it is refused.
 
   Args:
     config: the experiment config (see configs/common.py).
     workdir: where the run lives. A workdir holding a run with another
       config (fields outside `RESUMABLE_FIELDS`) is refused.
     overwrite: delete that run's outputs and start over instead.
+    stop: set it (from another thread) to stop the run at the next step
+      boundary, as Ctrl-C does: the current step is saved and `Interrupted`
+      raised.
 
   Raises:
     ValueError (DataError, WorkdirError, ...): a bad config, data or
       workdir; one line, raised before anything is written.
     NonFiniteError: a step produced NaN/Inf (without
-      `config.skip_nonfinite_steps`); nothing of it was logged or saved.
+      `config.skip_nonfinite_steps`, or beyond its limit); nothing of it was
+      logged or saved.
     checkpoints.CheckpointWriteError: a checkpoint could not be written; the
       previous one stays restorable.
+    Interrupted: Ctrl-C or `stop`; the message names the checkpoint to
+      resume from.
   """
   t_start = time.time()
   trainer = Trainer(config)
+  with workdir_lib.open_workdir(config, workdir, overwrite=overwrite), \
+      _StopRequest(stop) as stop_request:
+    return _run(trainer, config, workdir, stop_request, t_start)
+
+
+def _run(trainer: Trainer, config, workdir: str, stop: _StopRequest,
+         t_start: float) -> Dict[str, Any]:
+  """The run inside its locked workdir."""
   is_chief = trainer.process_index == 0
-  workdir_lib.prepare_workdir(config, workdir, overwrite=overwrite)
+  for line in trainer.describe():
+    logging.info('%s', line)
   resuming = bool(checkpoints.complete_steps(
       checkpoints.checkpoint_dir(workdir)))
   rng = jax.random.PRNGKey(config.seed)
   state = step_lib.create_train_state(config, trainer.model, trainer.tx, rng,
-                             load_init_checkpoint=not resuming)
+                                      load_init_checkpoint=not resuming)
   num_params = sum(int(np.prod(p.shape))
                    for p in jax.tree_util.tree_leaves(state.params))
 
@@ -226,30 +400,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     state = step_lib.TrainState(**saved)
   start_step = int(state.step)
   if start_step:
-    logging.info('Resuming from step %d', start_step)
+    logging.info('Resuming from step %d of %d (checkpoint in %s)', start_step,
+                 trainer.total_steps, checkpoints.checkpoint_dir(workdir))
+  else:
+    moved = (workdir_lib.set_aside_previous_attempt(workdir) if is_chief
+             else None)
+    logging.info('Starting fresh in %s: it holds no checkpoint%s', workdir,
+                 f'; what an earlier attempt left (metrics, TensorBoard '
+                 f'events) was moved to {moved}' if moved else '')
   config_json = workdir_lib.config_json(config)
   if is_chief:
-    workdir_lib.write_json_atomic(os.path.join(workdir, 'config.json'), config_json)
+    workdir_lib.write_json_atomic(os.path.join(workdir, 'config.json'),
+                                  config_json)
 
   writer = metrics_lib.MetricsWriter(workdir, is_chief=is_chief,
                                      resume_step=start_step)
-  progress = metrics_lib.Progress(total_steps=trainer.total_steps,
-                                  start_step=start_step,
-                                  batch_size=trainer.batch_size, writer=writer)
-  logging.info('%s: %d params, %d devices x %d processes, %d steps '
-               '(%d per epoch), global batch %d', config.model.model_name,
-               num_params, trainer.num_devices, trainer.process_count,
-               trainer.total_steps, trainer.steps_per_epoch,
-               trainer.batch_size)
-  b_local = trainer.batch_size // trainer.process_count
-  logging.info('Process %d of %d feeds examples [%d, %d) of every global '
-               'batch', trainer.process_index, trainer.process_count,
-               trainer.process_index * b_local,
-               (trainer.process_index + 1) * b_local)
+  progress = metrics_lib.Progress(
+      total_steps=trainer.total_steps, start_step=start_step,
+      batch_size=trainer.batch_size, steps_per_epoch=trainer.steps_per_epoch,
+      eval_every=trainer.eval_every, every_secs=PROGRESS_EVERY_SECONDS, writer=writer)
+  logging.info('%s: %s params, %d devices x %d processes (%s)',
+               config.model.model_name, f'{num_params:,}',
+               trainer.num_devices, trainer.process_count,
+               jax.devices()[0].device_kind)
+  if trainer.process_count > 1:
+    b_local = trainer.batch_size // trainer.process_count
+    logging.info('Process %d of %d feeds examples [%d, %d) of every global '
+                 'batch', trainer.process_index, trainer.process_count,
+                 trainer.process_index * b_local,
+                 (trainer.process_index + 1) * b_local)
+  loop = _Loop(trainer, config, workdir, mgr, writer, progress, stop, meta,
+               config_json, start_step)
   try:
-    step, last_eval, best_acc, train_time, timed_steps = _train_loop(
-        trainer, config, workdir, mgr, writer, progress, state, start_step,
-        meta, config_json)
+    loop.run(state)
   except BaseException:
     # Let a checkpoint already on its way finish (it holds a good state), but
     # never hide the original error behind a second one.
@@ -269,20 +452,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # The whole log, steps before a resume included.
   logged = (metrics_lib.read_records(workdir) if os.path.exists(
       os.path.join(workdir, 'metrics.jsonl')) else [])
+  last_eval = loop.last_eval
+  train_seconds, timed_steps = progress.timed(loop.step)
+  accuracies = [loop.best_acc] + [r['eval_accuracy'] for r in logged
+                                  if r.get('eval_accuracy') is not None]
   results = {
       'status': 'done',
+      'usable': bool(np.isfinite(last_eval['eval_loss'])),
       'final_eval_accuracy': last_eval['eval_accuracy'],
       'final_eval_loss': last_eval['eval_loss'],
-      'best_eval_accuracy': max(
-          [best_acc] + [r.get('eval_accuracy', 0.0) for r in logged]),
+      'best_eval_accuracy': max(accuracies),
       'eval_examples': last_eval['eval_examples'],
-      'steps': step,
-      'epochs': step / trainer.steps_per_epoch,
+      'steps': loop.step,
+      'epochs': loop.step / trainer.steps_per_epoch,
       'resumed_from_step': start_step,
       'wall_seconds': time.time() - t_start,
-      'train_seconds': train_time,
-      'images_per_second': (timed_steps * trainer.batch_size / train_time
-                            if train_time > 0 else None),
+      # Training steps only: compilation, evaluation and checkpoint writes
+      # are not in these two.
+      'train_seconds': train_seconds,
+      'images_per_second': (timed_steps * trainer.batch_size / train_seconds
+                            if train_seconds > 0 and timed_steps else None),
+      'eval_seconds': loop.eval_seconds,
       'num_params': num_params,
       'num_devices': trainer.num_devices * trainer.process_count,
       'device_kind': jax.devices()[0].device_kind,
@@ -292,117 +482,296 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     results['skipped_steps'] = int(
         sum(r.get('skipped_steps', 0) for r in logged))
   if is_chief:
-    workdir_lib.write_json_atomic(os.path.join(workdir, 'results.json'), results)
+    workdir_lib.write_json_atomic(os.path.join(workdir, 'results.json'),
+                                  results)
   writer.close()
   mgr.close()
+  logging.info(
+      'Done: test accuracy %s (best %s, %s examples) after %s steps (%.3g '
+      'epochs) in %s%s; results in %s', _pct(last_eval['eval_accuracy']),
+      _pct(results['best_eval_accuracy']), f'{last_eval["eval_examples"]:,}',
+      f'{loop.step:,}', results['epochs'],
+      metrics_lib.format_duration(results['wall_seconds']),
+      '' if results['usable'] else ' (NOT USABLE: the final eval loss is '
+      'not finite)', os.path.join(workdir, 'results.json'))
   return results
 
 
-def _train_loop(trainer: Trainer, config, workdir: str, mgr, writer,
-                progress, state: step_lib.TrainState, start_step: int,
-                meta: Dict[str, Any], config_json: Dict[str, Any]):
-  """Steps from `start_step` to the end; returns (step, last eval, best eval
-  accuracy, timed seconds, timed steps)."""
-  if config.input_pipeline == 'device':
-    images, labels = data.load_split(config, config.train_split)
-    resident = (devices.replicate(images), devices.replicate(labels.astype(np.int32)))
-    chunks = trainer.index_chunks(start_step)
-    run = lambda st, xs: trainer.p_train_indexed(st, *xs, *resident)
-  elif config.input_pipeline == 'host':
-    chunks = _prefetch(trainer.host_chunks(start_step), size=2)
-    run = lambda st, xs: trainer.p_train(st, *xs)
-  else:
-    raise ValueError("input_pipeline must be 'host' or 'device', got "
-                     f'{config.input_pipeline!r}')
+def _pct(x: Optional[float]) -> str:
+  return '?' if x is None or not np.isfinite(x) else f'{100 * x:.2f}%'
 
-  skip_nonfinite = bool(config.get('skip_nonfinite_steps', False))
-  ckpt_dir = checkpoints.checkpoint_dir(workdir)
-  pstate = devices.replicate(state)
-  del state
-  step = start_step
-  last_saved = start_step if start_step else None
-  pending = []  # (first step, per-dispatch device metrics), not yet fetched.
-  unlogged = metrics_lib.UnloggedSteps(meta.get('unlogged'))
-  best_acc, last_eval = 0.0, None
-  train_time, timed_steps, t_timed, timed_from = 0.0, 0, None, step
 
-  def collect():
+def _agree(flag: bool) -> bool:
+  """Process 0's `flag` on every process (a no-op with one process), so
+  decisions taken from a clock are the same everywhere."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
+class _Loop:
+  """The steps from `start_step` to the end, and what happens between them:
+  progress lines, metrics, evaluations, checkpoints, stop requests."""
+
+  def __init__(self, trainer: Trainer, config, workdir: str, mgr, writer,
+               progress: metrics_lib.Progress, stop: _StopRequest,
+               meta: Dict[str, Any], config_json: Dict[str, Any],
+               start_step: int):
+    self.trainer, self.config, self.workdir = trainer, config, workdir
+    self.mgr, self.writer, self.progress, self.stop = (mgr, writer, progress,
+                                                       stop)
+    self.config_json = config_json
+    self.start_step = self.step = start_step
+    self.ckpt_dir = checkpoints.checkpoint_dir(workdir)
+    self.last_saved = start_step if start_step else None
+    self.last_saved_time = time.time()
+    self.skip_nonfinite = bool(config.get('skip_nonfinite_steps', False))
+    self.skip_limit = float(config.get('skip_nonfinite_limit', 0.5))
+    self.recent_finite = collections.deque(maxlen=SKIP_WINDOW)
+    self.unlogged = metrics_lib.UnloggedSteps(meta.get('unlogged'))
+    self.pending = []  # (first step, per-dispatch device metrics) to fetch.
+    self.in_flight = collections.deque()
+    self.best_acc, self.last_eval = 0.0, None
+    self.eval_seconds = 0.0
+    self.last_log = None  # (timed seconds, step) at the last log record.
+    self.projected = False
+    minutes = float(config.get('checkpoint_every_minutes', 0) or 0)
+    self.save_every_seconds = minutes * 60 if minutes > 0 else None
+    stop.fallback = self._fallback_message
+
+  # -- the loop --------------------------------------------------------------
+
+  def run(self, state: step_lib.TrainState) -> None:
+    trainer, config = self.trainer, self.config
+    if config.input_pipeline == 'device':
+      images, labels = data.load_split(config, config.train_split)
+      resident = (devices.replicate(images),
+                  devices.replicate(labels.astype(np.int32)))
+      chunks = trainer.index_chunks(self.step)
+      run = lambda st, xs: trainer.p_train_indexed(st, *xs, *resident)
+    elif config.input_pipeline == 'host':
+      chunks = _prefetch(trainer.host_chunks(self.step), size=2)
+      run = lambda st, xs: trainer.p_train(st, *xs)
+    else:
+      raise ValueError("input_pipeline must be 'host' or 'device', got "
+                       f'{config.input_pipeline!r}')
+    self.pstate = devices.replicate(state)
+    del state
+    t_first = time.time()
+    for k, xs in chunks:
+      if self.stop.requested():
+        self._stop()
+      self.pstate, m = run(self.pstate, xs)
+      self.pending.append((self.step, m))
+      self.in_flight.append(m)
+      self.step += k
+      if len(self.in_flight) > MAX_IN_FLIGHT:
+        jax.block_until_ready(self.in_flight.popleft())
+      if self.step - k == self.start_step:  # The first dispatch compiles.
+        jax.block_until_ready(m)
+        self.progress.start(self.step)
+        self._first_line(k, time.time() - t_first)
+      self._between_steps()
+    self._collect()
+    jax.block_until_ready(self.pstate.step)
+    self.progress.pause(self.step)
+    checkpoints.wait_until_finished(self.mgr)
+    if self.last_eval is None:  # Nothing left to train: evaluate the state.
+      self._evaluate({})
+
+  def _between_steps(self) -> None:
+    """Logs, evaluates and saves when their time has come."""
+    step, trainer, config = self.step, self.trainer, self.config
+    at_end = step == trainer.total_steps
+    record = {}
+    log_step = step % config.log_every_steps == 0 or at_end
+    if log_step:
+      self._collect()
+      record.update(self.unlogged.record(self.skip_nonfinite))
+      record['epoch'] = step / trainer.steps_per_epoch
+      record['images_per_sec'] = self._interval_rate()
+    if log_step or (self.progress.due() and trainer.process_count == 1):
+      if not log_step:
+        self._collect()
+      shown = record if log_step else self.unlogged.peek()
+      logging.info('%s', self.progress.line(
+          step, f'loss {shown.get("train_loss", float("nan")):.4f}, acc '
+          f'{shown.get("train_accuracy", float("nan")):.4f}, '))
+      self._projection()
+    if (trainer.eval_every and step % trainer.eval_every == 0) or at_end:
+      self._evaluate(record)
+    if record:
+      self.writer.write(step, record)
+    every = config.checkpoint_every_steps
+    due = (every > 0 and step % every == 0) or at_end
+    if not due and self.save_every_seconds:
+      late = time.time() - self.last_saved_time >= self.save_every_seconds
+      due = (_agree(late) if trainer.process_count > 1 and log_step
+             else late and trainer.process_count == 1)
+    if due:
+      self._save()
+
+  # -- metrics -----------------------------------------------------------------
+
+  def _collect(self) -> None:
     """Fetches pending metrics; stops at the first non-finite step."""
-    nonlocal pending
-    if not pending:
+    if not self.pending:
       return
-    fetched = jax.device_get([m for _, m in pending])
-    for (first, _), f in zip(pending, fetched):
+    fetched = jax.device_get([m for _, m in self.pending])
+    for (first, _), f in zip(self.pending, fetched):
       per_step = {k: np.asarray(v[0]).reshape(-1) for k, v in f.items()}
-      bad = np.flatnonzero(~per_step['finite'].astype(bool))
-      if bad.size and not skip_nonfinite:
-        i = int(bad[0])
-        saved = (f'the last checkpoint, step {last_saved}, in {ckpt_dir} is '
-                 'intact' if last_saved else 'no checkpoint was written')
-        raise NonFiniteError(
-            f'non-finite loss, gradients or parameters at step {first + i + 1}'
-            f' (train_loss {per_step["train_loss"][i]:.4g}, grad_norm '
-            f'{per_step["grad_norm"][i]:.4g}); stopped before saving it: '
-            f'{saved}; lower the learning rate, or set '
-            'config.skip_nonfinite_steps=True to skip such updates')
+      finite = per_step['finite'].astype(bool)
+      bad = np.flatnonzero(~finite)
+      if bad.size and not self.skip_nonfinite:
+        raise NonFiniteError(self._nonfinite_message(first + int(bad[0]) + 1,
+                                                     per_step, int(bad[0])))
       for i in bad:
         logging.warning('step %d: non-finite loss, gradients or parameters; '
                         'update skipped (skip_nonfinite_steps)',
                         first + int(i) + 1)
-      unlogged.add(first, per_step)
-    pending = []
+      self.unlogged.add(first, per_step)
+      self.recent_finite.extend(finite.tolist())
+    self.pending = []
+    if self.skip_nonfinite:
+      self._check_skipped()
 
-  for k, xs in chunks:
-    pstate, m = run(pstate, xs)
-    pending.append((step, m))
-    step += k
-    if t_timed is None:  # First dispatch compiles: time from its end.
-      jax.block_until_ready(m)
-      t_timed = time.time()
-      timed_from = step
-      progress.start(step)
-    record = {}
-    if step % config.log_every_steps == 0 or step == trainer.total_steps:
-      collect()
-      record.update(unlogged.record(skip_nonfinite))
-      rates = progress.update(step)
-      record['epoch'] = step / trainer.steps_per_epoch
-      record['images_per_sec'] = rates['images_per_sec']
-      logging.info(progress.line(
-          step, rates, f'loss {record.get("train_loss", float("nan")):.4f}, '
-          f'acc {record.get("train_accuracy", float("nan")):.4f}, '))
-    if (trainer.eval_every and step % trainer.eval_every == 0) or \
-        step == trainer.total_steps:
-      collect()
-      last_eval = trainer.evaluator.evaluate(pstate.params)
-      best_acc = max(best_acc, last_eval['eval_accuracy'])
-      record.update(last_eval)
-      record['epoch'] = step / trainer.steps_per_epoch
-      logging.info('step %d: eval loss %.4f, accuracy %.4f (%d examples)',
-                   step, last_eval['eval_loss'], last_eval['eval_accuracy'],
-                   last_eval['eval_examples'])
-    if record:
-      writer.write(step, record)
-    if (config.checkpoint_every_steps > 0 and
-        step % config.checkpoint_every_steps == 0) or \
-        step == trainer.total_steps:
-      collect()  # Never save a non-finite state.
-      host_state = jax.device_get(devices.unreplicate(pstate))
-      checkpoints.save(mgr, step, step_lib.state_dict(host_state),
-                       {'step': step, 'config': config_json,
-                        'unlogged': unlogged.to_json()})
-      last_saved = step
-  collect()
-  if t_timed is not None:
-    jax.block_until_ready(pstate.step)
-    train_time = time.time() - t_timed
-    timed_steps = step - timed_from
-  checkpoints.wait_until_finished(mgr)
+  def _nonfinite_message(self, step: int, per_step, i: int) -> str:
+    saved = (f'the last checkpoint, step {self.last_saved}, in '
+             f'{self.ckpt_dir} is intact' if self.last_saved else
+             'no checkpoint was written')
+    values = (f'train_loss {per_step["train_loss"][i]:.4g}, grad_norm '
+              f'{per_step["grad_norm"][i]:.4g}')
+    if self.start_step and step == self.start_step + 1:
+      return (f'non-finite loss, gradients or parameters at step {step}, the '
+              f'first step after resuming from checkpoint {self.start_step} '
+              f'({values}): that checkpoint may be damaged even though its '
+              'arrays match their digests (e.g. written from a diverged '
+              'state by an older version); move its folder out of '
+              f'{self.ckpt_dir} to resume from the one before, or use '
+              '--overwrite to start over')
+    return (f'non-finite loss, gradients or parameters at step {step} '
+            f'({values}); stopped before saving it: {saved}; lower the '
+            'learning rate, or set config.skip_nonfinite_steps=True to skip '
+            'such updates')
 
-  if last_eval is None:  # Nothing left to train: evaluate what was restored.
-    last_eval = trainer.evaluator.evaluate(pstate.params)
-    best_acc = max(best_acc, last_eval['eval_accuracy'])
-  return step, last_eval, best_acc, train_time, timed_steps
+  def _check_skipped(self) -> None:
+    window = list(self.recent_finite)
+    skipped = window.count(False)
+    if len(window) >= 10 and skipped > self.skip_limit * len(window):
+      saved = (f'the last checkpoint, step {self.last_saved}, is intact'
+               if self.last_saved else 'no checkpoint was written')
+      raise NonFiniteError(
+          f'{skipped} of the last {len(window)} steps (up to step '
+          f'{self.step}) were non-finite and skipped, more than '
+          f'config.skip_nonfinite_limit={self.skip_limit:g} of them: the run '
+          f'is diverging; {saved}; lower the learning rate')
+
+  def _interval_rate(self) -> Optional[float]:
+    """Training images/s since the previous log record."""
+    seconds, steps = self.progress.timed(self.step)
+    last = self.last_log or (0.0, 0)
+    self.last_log = (seconds, steps)
+    if seconds - last[0] <= 0 or steps == last[1]:
+      return None
+    return (steps - last[1]) * self.trainer.batch_size / (seconds - last[0])
+
+  def _first_line(self, k: int, seconds: float) -> None:
+    loss = ''
+    if self.trainer.process_count == 1:
+      self._collect()
+      shown = self.unlogged.peek()
+      if 'train_loss' in shown:
+        loss = f' (train loss {shown["train_loss"]:.4f})'
+    logging.info(
+        'step %s/%s: the first %s done in %.1f s, compilation included%s; '
+        'progress every %d steps or %.0f s', f'{self.step:,}',
+        f'{self.trainer.total_steps:,}',
+        'step' if k == 1 else f'{k} steps', seconds, loss,
+        self.config.log_every_steps, PROGRESS_EVERY_SECONDS)
+
+  def _projection(self) -> None:
+    """Once, when the steps have been timed for a while: the projected
+    wall time of the rest of the run on this device."""
+    seconds, steps = self.progress.timed(self.step)
+    if self.projected or seconds < 5 or steps < 2 or \
+        self.step >= self.trainer.total_steps:
+      return
+    self.projected = True
+    logging.info(
+        'Projected wall time on this device (%s): %s for the remaining %s '
+        'steps at %s img/s', jax.devices()[0].device_kind,
+        self.progress.eta(self.step),
+        f'{self.trainer.total_steps - self.step:,}',
+        f'{self.progress.images_per_sec(self.step):,.0f}')
+
+  # -- evaluation and checkpoints --------------------------------------------
+
+  def _evaluate(self, record: Dict[str, Any]) -> None:
+    self._collect()
+    jax.block_until_ready(self.pstate.params)
+    self.progress.pause(self.step)
+    t0 = time.time()
+    result = self.trainer.evaluator.evaluate(self.pstate.params)
+    seconds = time.time() - t0
+    self.progress.eval_seconds = seconds
+    self.eval_seconds += seconds
+    self.progress.resume()
+    self.last_eval = result
+    if np.isfinite(result['eval_accuracy']):
+      self.best_acc = max(self.best_acc, result['eval_accuracy'])
+    record.update(result)
+    record['epoch'] = self.step / self.trainer.steps_per_epoch
+    logging.info('step %s: eval loss %.4f, accuracy %s (%s examples, %.1f s)',
+                 f'{self.step:,}', result['eval_loss'],
+                 _pct(result['eval_accuracy']),
+                 f'{result["eval_examples"]:,}', seconds)
+
+  def _save(self) -> None:
+    self._collect()  # Never save a non-finite state.
+    jax.block_until_ready(self.pstate.step)
+    self.progress.pause(self.step)
+    host_state = jax.device_get(devices.unreplicate(self.pstate))
+    checkpoints.save(self.mgr, self.step, step_lib.state_dict(host_state),
+                     {'step': self.step, 'config': self.config_json,
+                      'unlogged': self.unlogged.to_json()})
+    self.last_saved, self.last_saved_time = self.step, time.time()
+    self.progress.resume()
+
+  def _stop(self) -> None:
+    """Saves the current step (its dispatch is done or nearly) and raises
+    `Interrupted` naming the checkpoint to resume from."""
+    self.stop.saving.set()
+    t0 = time.time()
+    self._collect()
+    jax.block_until_ready(self.pstate.step)
+    if self.step != self.last_saved and self.step > self.start_step:
+      self._save()
+    checkpoints.wait_until_finished(self.mgr)
+    if self.last_saved:
+      where = (f'checkpoint {self.last_saved} is in {self.ckpt_dir} (saved '
+               f'in {time.time() - t0:.1f} s)')
+    else:
+      where = 'no checkpoint was written; the next run starts over'
+    raise Interrupted(f'stopped at step {self.step:,} of '
+                      f'{self.trainer.total_steps:,}: {where}; run the same '
+                      'command again to resume')
+
+  def _fallback_message(self) -> str:
+    """What the stop watchdog says when it exits without the loop's help."""
+    rate = self.progress.images_per_sec(self.step)
+    per_step = (f' (a step takes ~{self.trainer.batch_size / rate:.0f} s '
+                'here)' if rate else '')
+    if self.last_saved:
+      ago = metrics_lib.format_duration(time.time() - self.last_saved_time)
+      where = (f'the last checkpoint is step {self.last_saved} in '
+               f'{self.ckpt_dir}, saved {ago} ago; run the same command '
+               'again to resume from it')
+    else:
+      where = ('no checkpoint was written yet; the next run starts over '
+               '(config.checkpoint_every_minutes bounds what a stop loses)')
+    return (f'stopped during step {self.step + 1:,}{per_step} without '
+            f'waiting for it: {where}')
 
 
 def _prefetch(chunks: Iterator[Tuple[int, Any]], size: int = 2

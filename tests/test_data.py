@@ -595,3 +595,296 @@ def test_tfds_paths_with_mocked_data(tmp_path, monkeypatch, tf):
       assert evals[0]['image'].shape == (4, 24, 24, 3)
   finally:
     ip.clear_cache()  # Mocked arrays must not reach other tests.
+
+
+# -- image folders: <split>/<class>/<image>.{jpg,jpeg,png} -------------------
+
+
+def _write_image_folder(root, split, images, labels, names, ext='.png',
+                        start=0, **save_kw):
+  """`root/split/<names[label]>/<start + i><ext>`, one file per image."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for name in names:
+    (root / split / name).mkdir(parents=True, exist_ok=True)
+  for i, (image, label) in enumerate(zip(images, labels)):
+    image = image[..., 0] if image.shape[-1] == 1 else image
+    Image.fromarray(image).save(
+        root / split / names[label] / f'{start + i}{ext}', **save_kw)
+
+
+def _folder_order(labels, names):
+  """Labels and load order of an image folder written by the helper above:
+  labels index the sorted class names; examples come class by class, files
+  (numbered by position) in natural order."""
+  rank = {n: k for k, n in enumerate(sorted(names))}
+  new = np.array([rank[names[l]] for l in labels], np.int32)
+  return new, np.array(sorted(range(len(labels)), key=lambda i: (new[i], i)))
+
+
+def _cifar_folder(root, data_dir, ext='.png', n_test=300, n_train=100,
+                  **save_kw):
+  test = np.load(data_dir / 'cifar10' / 'test.npz')
+  train = np.load(data_dir / 'cifar10' / 'train_0.npz')
+  names = ip.KNOWN_CLASS_NAMES['cifar10']
+  x, y = test['images'][:n_test], test['labels'][:n_test]
+  _write_image_folder(root, 'test', x, y, names, ext, **save_kw)
+  _write_image_folder(root, 'train', train['images'][:n_train],
+                      train['labels'][:n_train], names, ext, **save_kw)
+  return x, y.astype(np.int32), names
+
+
+def test_image_folder_png_loads_bit_identically(data_dir, tmp_path):
+  x, y, names = _cifar_folder(tmp_path, data_dir)
+  # CIFAR-10's class names happen to be in alphabetical order, so the sorted
+  # folder names give back the original labels; the mapping below holds
+  # for any names.
+  assert tuple(sorted(names)) == names
+  labels, order = _folder_order(y, names)
+  np.testing.assert_array_equal(labels, y)
+  config = make_config('cifar10', data_dir=tmp_path, image_size=16,
+                       batch_size=20)
+  images, got = ip.load_split(config, 'test')
+  assert images.dtype == np.uint8 and images.shape == (300, 32, 32, 3)
+  np.testing.assert_array_equal(images, x[order])  # Stored size kept.
+  np.testing.assert_array_equal(got, labels[order])
+  assert not images.flags.writeable
+  sliced, sliced_labels = ip.load_split(config, 'test[10:20]+train[:5]')
+  np.testing.assert_array_equal(sliced[:10], x[order][10:20])
+  assert len(sliced_labels) == 15
+  info = ip.dataset_info(config)
+  assert info == ip.DatasetInfo(
+      name='cifar10', num_classes=10, num_train=100, num_eval=300,
+      image_shape=(32, 32, 3), class_names=names, in_memory=True,
+      fixed_size=True)
+  assert ip.local_dir(config) == str(tmp_path)
+  assert next(ip.train_batches(config))['image'].shape == (20, 32, 32, 3)
+  # Grayscale: PIL's 'L' conversion, one channel.
+  gray, _ = ip.load_split(make_config('cifar10', data_dir=tmp_path,
+                                      channels=1), 'test[:20]')
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  expected = np.stack([np.asarray(Image.fromarray(im).convert('L'))
+                       for im in x[order][:20]])
+  np.testing.assert_array_equal(gray, expected[..., None])
+
+
+def test_image_folder_converts_modes_to_config_channels(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+  folder = tmp_path / 'train' / 'a'
+  folder.mkdir(parents=True)
+  modes = ['L', 'RGBA', 'P', 'RGB']
+  for i, mode in enumerate(modes):
+    Image.fromarray(rgb[i]).convert(mode).save(folder / f'{i}.PNG')
+  wide = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000  # 16-bit.
+  Image.fromarray(wide).save(folder / '4.png')
+  images, labels = ip.load_split(make_config('x', data_dir=tmp_path), 'train')
+  assert images.shape == (5, 8, 8, 3) and labels.tolist() == [0] * 5
+  for i, mode in enumerate(modes):
+    expected = np.asarray(Image.fromarray(rgb[i]).convert(mode).convert('RGB'))
+    np.testing.assert_array_equal(images[i], expected)
+  # 16-bit keeps its high byte (as TensorFlow's decode_png), not PIL's clip.
+  np.testing.assert_array_equal(images[4], np.repeat(
+      (wide >> 8).astype(np.uint8)[..., None], 3, -1))
+  info = ip.dataset_info(make_config('x', data_dir=tmp_path,
+                                     eval_split='train'))
+  assert info.class_names == ('a',) and info.num_classes == 1
+
+
+def test_image_folder_jpeg_within_tolerance(data_dir, tmp_path):
+  # Quality 95 with PIL's default 4:2:0 chroma subsampling, a usual export.
+  x, y, names = _cifar_folder(tmp_path, data_dir, '.jpg', quality=95)
+  # Extensions are case-insensitive and .jpeg counts too.
+  for i, path in enumerate(sorted((tmp_path / 'test' / 'cat').iterdir())[:4]):
+    path.rename(path.with_suffix(['.JPG', '.jpeg', '.JPEG', '.Jpg'][i]))
+  labels, order = _folder_order(y, names)
+  images, got = ip.load_split(make_config('cifar10', data_dir=tmp_path),
+                              'test')
+  np.testing.assert_array_equal(got, labels[order])
+  error = np.abs(images.astype(np.int32) - x[order])
+  # Measured: mean 2.96, 99th percentile 17 (of 255).
+  assert error.mean() < 3.5 and np.percentile(error, 99) <= 20
+  assert ip.dataset_info(make_config('cifar10', data_dir=tmp_path)).fixed_size
+
+
+def test_image_folder_same_accuracy_as_npz(data_dir, tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  from mixer import augment  # pylint: disable=g-import-not-at-top
+  from mixer import devices  # pylint: disable=g-import-not-at-top
+  from mixer import evaluate  # pylint: disable=g-import-not-at-top
+  from mixer import models as mixer_models  # pylint: disable=g-import-not-at-top
+  from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  x, y, names = _cifar_folder(tmp_path / 'png', data_dir)
+  _cifar_folder(tmp_path / 'jpg', data_dir, '.jpg', quality=95)
+  # The same 300 test images (and 100 train images) as .npz shards.
+  np.savez(tmp_path / 'npz.npz')  # Unused: keeps tmp_path itself no dataset.
+  (tmp_path / 'npz').mkdir()
+  np.savez(tmp_path / 'npz' / 'test.npz', images=x, labels=y)
+  train = np.load(data_dir / 'cifar10' / 'train_0.npz')
+  np.savez(tmp_path / 'npz' / 'train.npz', images=train['images'][:100],
+           labels=train['labels'][:100])
+
+  def config_for(fmt):
+    return tiny_config(data_dir=str(tmp_path / fmt), eval_split='test',
+                       eval_batch_size=100)
+
+  config = config_for('npz')
+  model = mixer_models.build_model(config.model)
+  params = model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3)),
+                      train=False)['params']
+  # Weights that classify: the random-init Mixer as a feature extractor and
+  # its (zero-initialised) head fitted by ridge regression on 2000 other
+  # training images, so that predictions depend on the pixels.
+  features = mixer_models.build_model(config.model, num_classes=0).apply(
+      {'params': {k: v for k, v in params.items() if k != 'head'}},
+      augment.normalize(train['images'][1000:3000]), train=False)
+  features = np.concatenate([np.asarray(features), np.ones((2000, 1))], 1)
+  targets = np.eye(10)[train['labels'][1000:3000]]
+  head = np.linalg.solve(features.T @ features + np.eye(features.shape[1]),
+                         features.T @ targets).astype(np.float32)
+  params = dict(params, head={'kernel': head[:-1], 'bias': head[-1]})
+  params = devices.replicate(params)  # As the training loop holds them.
+  results = {fmt: evaluate.Evaluator(config_for(fmt), model, 10,
+                                     stream=False).evaluate(params)
+             for fmt in ('npz', 'png', 'jpg')}
+  assert results['npz']['eval_examples'] == 300
+  assert results['png'] == results['npz']  # Same accuracy, same loss.
+  assert results['npz']['eval_accuracy'] > 0.2  # Measured 0.28 (84 / 300).
+  # JPEG (quality 95, 4:2:0) is close, not equal: measured 0.2967 (89 / 300),
+  # i.e. +0.0167 accuracy (33 of the 300 predictions differ from the PNG/npz
+  # ones), and eval loss 2.23078 vs 2.23083.
+  assert abs(results['jpg']['eval_accuracy'] -
+             results['npz']['eval_accuracy']) <= 0.03
+  assert abs(results['jpg']['eval_loss'] - results['npz']['eval_loss']) < 0.01
+
+
+def test_image_folder_variable_size(data_dir, tmp_path, monkeypatch):
+  tf = pytest.importorskip('tensorflow')
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  x = np.load(data_dir / 'cifar10' / 'test.npz')['images'][:12]
+  sizes = [(40, 48), (32, 32), (50, 36), (64, 64)]  # (h, w)
+  originals = []
+  for i, image in enumerate(x):
+    h, w = sizes[i % 4]
+    big = Image.fromarray(image).resize((w, h), Image.BICUBIC)
+    originals.append(np.asarray(big))
+    split, name = ('train', 'ab'[i % 2]) if i < 8 else ('test', 'ab'[i % 2])
+    (tmp_path / split / name).mkdir(parents=True, exist_ok=True)
+    ext = '.png' if i < 8 else '.jpg'  # The test split is all JPEG.
+    big.save(tmp_path / split / name / f'{i}{ext}', quality=95)
+  config = make_config('pets', data_dir=tmp_path, num_classes=2,
+                       image_size=24, batch_size=4, eval_batch_size=4,
+                       shuffle_buffer=4)
+  info = ip.dataset_info(config)
+  assert not info.fixed_size
+  assert info.image_shape == (24, 24, 3) and info.class_names == ('a', 'b')
+  images, labels = ip.load_split(config, 'train')
+  order = [0, 2, 4, 6, 1, 3, 5, 7]  # Class a, then class b.
+  assert labels.tolist() == [0] * 4 + [1] * 4
+  expected = [tf.cast(tf.clip_by_value(tf.round(tf.image.resize(
+      originals[i], (24, 24), antialias=True)), 0, 255), tf.uint8).numpy()
+              for i in order]
+  np.testing.assert_array_equal(images, np.stack(expected))  # As tfds does.
+  # The streaming path reads the files: crops of the original images.
+  config.augment.crop = 'inception'
+  batch = next(ip.tfds_train_dataset(config))
+  assert batch['image'].shape == (4, 24, 24, 3)
+  evals = list(ip.tfds_eval_dataset(config))  # 'center' crop, JPEG files.
+  assert sum(b['mask'].sum() for b in evals) == 4
+  assert np.concatenate([b['label'] for b in evals]).tolist() == [0, 0, 1, 1]
+  first = evals[0]['image'][0]
+  decoded = tf.io.decode_jpeg(
+      (tmp_path / 'test' / 'a' / '8.jpg').read_bytes(), channels=3)
+  from mixer.data import stream  # pylint: disable=g-import-not-at-top
+  np.testing.assert_array_equal(
+      first, stream._resize_center_crop(decoded, (24, 24)).numpy())
+  # Without TensorFlow, that resize is a one-line error.
+  ip.clear_cache()
+  monkeypatch.setitem(sys.modules, 'tensorflow', None)
+  with pytest.raises(ip.DataError, match='vary in size.*needs TensorFlow'
+                     ) as e:
+    ip.load_split(config, 'train')
+  assert str(tmp_path / 'train') in str(e.value)
+  assert '\n' not in str(e.value)
+  ip.clear_cache()
+
+
+def _small_folder(root, n=2):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  image = np.zeros((4, 4, 3), np.uint8)
+  for split in ('train', 'test'):
+    for name in ('a', 'b'):
+      (root / split / name).mkdir(parents=True)
+      for i in range(n):
+        Image.fromarray(image + i).save(root / split / name / f'{i}.png')
+
+
+@pytest.mark.parametrize('case', [
+    'truncated_jpeg', 'text_as_png', 'empty_class', 'no_class_folders',
+    'other_extension', 'gif_as_png', 'loose_file', 'nested_folder',
+    'class_mismatch', 'missing_split'])
+def test_image_folder_bad_files(tmp_path, case):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  _small_folder(tmp_path)
+  train, split = tmp_path / 'train', 'train'
+  if case == 'truncated_jpeg':
+    bad, match = train / 'a' / '9.jpg', 'cannot decode.*truncated or corrupt'
+    noise = np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)
+    Image.fromarray(noise).save(bad)
+    bad.write_bytes(bad.read_bytes()[:-200])  # Header intact, data cut.
+  elif case == 'text_as_png':
+    bad, match = train / 'b' / 'x.png', 'not a readable image'
+    bad.write_text('not an image')
+  elif case == 'empty_class':
+    bad, match = train / 'c', 'empty class folder'
+    bad.mkdir()
+    (bad / '.DS_Store').write_text('')  # Hidden files are skipped.
+  elif case == 'no_class_folders':
+    split = 'validation'
+    bad, match = tmp_path / 'validation', 'no class folders'
+    bad.mkdir()
+  elif case == 'other_extension':
+    bad, match = train / 'a' / 'notes.txt', r'not a \.jpg, \.jpeg or \.png'
+    bad.write_text('hello')
+  elif case == 'gif_as_png':
+    bad, match = train / 'a' / 'anim.png', 'a GIF image'
+    Image.new('RGB', (4, 4)).save(bad, format='GIF')
+  elif case == 'loose_file':
+    bad, match = train / 'loose.png', 'directly in the split folder'
+    bad.write_bytes((train / 'a' / '0.png').read_bytes())
+  elif case == 'nested_folder':
+    bad, match = train / 'a' / 'more', 'folder inside a class folder'
+    bad.mkdir()
+  elif case == 'class_mismatch':
+    split = 'test'
+    (tmp_path / 'test' / 'b').rename(tmp_path / 'test' / 'c')
+    bad, match = tmp_path / 'test', r'only in test/: c; only in train/: b'
+  else:
+    split = 'validation'
+    bad, match = tmp_path, r'no folder validation/.*found: test, train'
+  with pytest.raises(ip.DataError, match=match) as e:
+    ip.load_split(make_config('x', data_dir=tmp_path, num_classes=0), split)
+  message = str(e.value)
+  assert str(bad) in message and '\n' not in message
+  if case == 'class_mismatch':
+    assert str(train) in message  # Names both folders.
+
+
+def test_image_folder_needs_no_tensorflow(tmp_path):
+  _small_folder(tmp_path, n=3)
+  code = (
+      'import sys\n'
+      "sys.modules['tensorflow'] = None\n"
+      "sys.modules['tensorflow_datasets'] = None\n"
+      'import ml_collections\n'
+      'from mixer import data as ip\n'
+      "c = ml_collections.ConfigDict(dict(dataset='tiny', data_dir=sys.argv[1],"
+      " train_split='train', eval_split='test', batch_size=2,"
+      ' eval_batch_size=4, seed=0, image_size=8, channels=3))\n'
+      'info = ip.dataset_info(c)\n'
+      "assert (info.num_train, info.class_names) == (6, ('a', 'b'))\n"
+      'assert info.fixed_size\n'
+      "assert next(ip.train_batches(c))['image'].shape == (2, 4, 4, 3)\n"
+      'assert len(list(ip.eval_batches(c))) == 2\n')
+  subprocess.run([sys.executable, '-c', code, str(tmp_path)], check=True,
+                 cwd=REPO, timeout=60)

@@ -18,6 +18,7 @@ from configs import finetune
 from configs import models as model_configs
 from mixer import checkpoints
 from mixer import models
+from mixer import optim
 from mixer import params as params_lib
 from mixer import pretrained
 
@@ -426,18 +427,21 @@ def test_orbax_round_trip_and_init_from_workdir(tmp_path):
 # -- configs ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize('dataset,classes,steps',
-                         [('cifar10', 10, 10_000), ('cifar100', 100, 10_000),
-                          ('oxford_iiit_pet', 37, 500),
-                          ('oxford_flowers102', 102, 500),
-                          ('imagenet2012', 1000, 20_000)])
-def test_finetune_configs(dataset, classes, steps):
+@pytest.mark.parametrize('dataset,classes,steps,warmup',
+                         [('cifar10', 10, 10_000, 500),
+                          ('cifar100', 100, 10_000, 500),
+                          ('oxford_iiit_pet', 37, 500, 25),
+                          ('oxford_flowers102', 102, 500, 25),
+                          ('imagenet2012', 1000, 20_000, 500)])
+def test_finetune_configs(dataset, classes, steps, warmup):
   c = finetune.get_config(f'B_16,{dataset}')
   assert c.model.model_name == 'Mixer-B/16'
   assert c.model.num_classes == classes and c.num_train_steps == steps
   assert (c.optimizer, c.momentum, c.batch_size, c.grad_clip_norm,
-          c.lr_schedule, c.warmup_steps, c.weight_decay) == (
-              'sgd', 0.9, 512, 1.0, 'cosine', 500, 0.0)
+          c.lr_schedule, c.weight_decay) == ('sgd', 0.9, 512, 1.0, 'cosine',
+                                             0.0)
+  # 500 warmup steps (5% of the 500-step Pets and Flowers runs).
+  assert optim.resolve_warmup(c, steps)[0] == warmup
   assert c.image_size == 224 and c.model.tokens_mlp_dim == 384
   assert c.init_checkpoint == ''
   hi = finetune.get_config(f'Mixer-B_16,{dataset},448')

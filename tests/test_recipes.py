@@ -58,6 +58,17 @@ def tfds_dir(tmp_path_factory):
   return root
 
 
+def _run_and_warmup(c):
+  """(train steps, warmup steps) of the full run of `c` on its dataset."""
+  spe = common.PRETRAIN_TRAIN_EXAMPLES[c.dataset] // c.batch_size
+  total = c.num_epochs * spe
+  return total, optim.resolve_warmup(c, total, spe)[0]
+
+
+def _paper_warmup(c):
+  return _run_and_warmup(c)[1]
+
+
 def _shrink(config, data_dir):
   """Tiny model, batch and run; the recipe fields are left alone."""
   config.model.hidden_dim = 16
@@ -98,8 +109,9 @@ def test_config_is_its_table4_row(name):
       300, 4096, 1e-3, 0.1)
   assert (c.optimizer, c.b1, c.b2, c.grad_clip_norm) == ('adamw', 0.9, 0.999,
                                                          1.0)
-  assert (c.lr_schedule, c.warmup_steps, c.label_smoothing) == ('linear',
-                                                                10_000, 0.0)
+  assert (c.lr_schedule, c.label_smoothing) == ('linear', 0.0)
+  # The paper's 10k warmup steps, stated as a share of the run.
+  assert _paper_warmup(c) == 10_000
   a = c.augment
   assert (a.randaugment_layers, a.randaugment_magnitude,
           a.randaugment_ops) == (2, magnitude, 'big_vision')
@@ -114,9 +126,13 @@ def test_gpu8_variant_scales_batch_lr_warmup_and_epochs(name):
   epochs = common.GPU8_EPOCHS[paper.dataset]
   assert (small.batch_size, small.num_epochs) == (512, epochs)
   assert small.learning_rate == pytest.approx(1e-3 * 512 / 4096)
-  # Same fraction of the run spent warming up: 10k * (4096/512) * epochs/300.
-  assert small.warmup_steps == round(10_000 * 8 * epochs / 300)
-  changed = {'batch_size', 'num_epochs', 'learning_rate', 'warmup_steps',
+  # The same fraction of the run spent warming up (about 10k * (4096/512) *
+  # epochs/300 steps), to the step.
+  total, warmup = _run_and_warmup(small)
+  assert warmup == round(small.warmup_percent * total)
+  assert small.warmup_percent == paper.warmup_percent
+  assert warmup == pytest.approx(10_000 * 8 * epochs / 300, rel=0.005)
+  changed = {'batch_size', 'num_epochs', 'learning_rate',
              'eval_batch_size', 'eval_every_steps', 'checkpoint_every_steps'}
   p, s = paper.to_dict(), small.to_dict()
   assert {k: v for k, v in p.items() if k not in changed} == {
@@ -159,10 +175,12 @@ def test_schedule_matches_table4_at_key_steps(name, monkeypatch):
 def test_optimizer_decays_kernels_only():
   # The same optimizer for every row (lr 1e-3, wd 0.1); checked on one.
   optimizer_fields = ('optimizer', 'learning_rate', 'weight_decay', 'b1', 'b2',
-                      'grad_clip_norm', 'lr_schedule', 'warmup_steps')
+                      'grad_clip_norm', 'lr_schedule')
   rows = [_config(name) for name in NAMES]
-  assert len({tuple(r[f] for f in optimizer_fields) for r in rows}) == 1
+  assert len({tuple(r[f] for f in optimizer_fields) + (_paper_warmup(r),)
+              for r in rows}) == 1
   c = rows[0]
+  c.warmup_steps = 10_000  # The paper's warmup in a 100k-step schedule.
   c.model.hidden_dim, c.model.num_blocks = 8, 1
   c.model.tokens_mlp_dim, c.model.channels_mlp_dim = 4, 8
   model = models.build_model(c.model)

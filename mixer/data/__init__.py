@@ -29,13 +29,24 @@ A local folder may hold any of these formats, detected automatically:
   labels), either as that folder itself or as a subfolder of it;
 * MNIST-style IDX files (`train-images-idx3-ubyte.gz`,
   `train-labels-idx1-ubyte.gz`, `t10k-...` for the test split; gzipped or
-  not), as Fashion-MNIST and MNIST are distributed.
+  not), as Fashion-MNIST and MNIST are distributed;
+* image folders, as vit_jax trains on them: `train/` and/or `test/` (any
+  split name) holding one folder per class of `.jpg` / `.jpeg` / `.png`
+  images, `<split>/<class>/<image>`. Labels index the sorted class folder
+  names of `train/` (of `test/` without `train/`); every split must have the
+  same class folders. PIL decodes them to `config.channels` (1: grayscale,
+  3: RGB). When all images share one size they load as stored (a PNG folder
+  is bit-identical to the arrays it was written from); otherwise
+  `dataset_info(...).fixed_size` is False and they are resized to
+  `config.image_size` as variable-size tfds datasets are, while the
+  streaming path crops the original files (docs/data.md).
 
 Everything is validated on load (uint8 pixels, ranks, equal lengths, labels
-in [0, num_classes), IDX magic numbers and sizes) and any problem raises
-`DataError` with a one-line message naming the file. Local data never needs
-TensorFlow: tensorflow / tensorflow_datasets are imported only when a dataset
-has to come from tfds.
+in [0, num_classes), IDX magic numbers and sizes, every image decoded) and
+any problem raises `DataError` with a one-line message naming the file.
+Local data never needs TensorFlow -- tensorflow / tensorflow_datasets are
+imported only when a dataset has to come from tfds, for the streaming path,
+and to resize an image folder whose images vary in size.
 
 Batches carry the raw stored uint8 pixels: no normalisation and no
 augmentation happen here. Cropping, flipping, RandAugment and mixup run on
@@ -68,7 +79,8 @@ Modules, in the order data flows (each imports only those above it):
 | --- | --- |
 | `base` | `DataError`, `DatasetInfo`, known class names, array validation |
 | `splits` | the tfds split syntax |
-| `local` | local folders: `.npz` shards, CIFAR pickles, IDX files |
+| `folders` | image folders `<split>/<class>/<image>`: listing and decoding |
+| `local` | local folders: `.npz` shards, CIFAR pickles, IDX files, image folders |
 | `locate` | where a dataset is: `config.data_dir`, `$MIXER_DATA_DIR`, tfds |
 | `tfds` | tfds builders, whole splits through tfds, tfds metadata and errors |
 | `dataset` | `load_split` / `dataset_info` from whichever source has the data |

@@ -7,6 +7,7 @@ project; must not read files or import TensorFlow.
 """
 
 import dataclasses
+import re
 from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
@@ -62,7 +63,8 @@ class DatasetInfo:
     class_names: one name per class, in label order.
     in_memory: whether `load_split`/`train_batches` can hold the data in host
       memory (False only for very large tfds datasets such as ImageNet).
-    fixed_size: False when the stored images vary in size (Pets, Flowers):
+    fixed_size: False when the stored images vary in size (tfds's Pets,
+      Flowers; a local image folder of differently sized images):
       `load_split` then resizes whole images to `config.image_size`, so a
       'center' eval crop must stream through `tfds_eval_dataset` instead.
   """
@@ -146,3 +148,7 @@ def where_to_put_data(name: str) -> str:
   return (f'set config.data_dir to a local copy of {name!r}, put one in '
           f'${ENV_DATA_DIR}/{name}/, or let tfds download it')
 
+
+def natural_key(name: str):
+  """Sort key putting 'train_2' before 'train_10'."""
+  return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', name)]

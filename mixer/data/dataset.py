@@ -5,14 +5,12 @@ Owns the choice between a local folder (`mixer.data.local`) and tfds
 TensorFlow itself.
 """
 
-import os
 from typing import Tuple
 
 import numpy as np
 
 from mixer.data import local
 from mixer.data import locate
-from mixer.data import splits
 from mixer.data import tfds as tfds_source
 from mixer.data.base import DataError
 from mixer.data.base import DatasetInfo
@@ -27,8 +25,9 @@ def load_split(config, split: str) -> Tuple[np.ndarray, np.ndarray]:
   'train[45000:]', 'train+test'); percent slices round as tfds does. Loaded
   arrays are cached per (folder, split) in this process and returned
   read-only (slices are views), so train and eval never read a file twice.
-  Variable-size tfds images (Pets, Flowers) are resized to
-  `config.image_size`; everything else keeps its stored pixels.
+  Variable-size images -- tfds datasets such as Pets and Flowers, and image
+  folders whose images differ in size -- are resized to `config.image_size`;
+  everything else keeps its stored pixels.
 
   Raises:
     DataError: missing, corrupt or misshaped data, or tfds failing (e.g. no
@@ -42,12 +41,16 @@ def load_split(config, split: str) -> Tuple[np.ndarray, np.ndarray]:
 
 def clear_cache() -> None:
   """Forgets every cached split (tests; or after replacing files on disk)."""
-  local.load_full.cache_clear()
+  local.clear_cache()
   tfds_source.clear_cache()
 
 
 def dataset_info(config) -> DatasetInfo:
-  """Sizes, classes and image shape of `config.dataset`'s two splits."""
+  """Sizes, classes and image shape of `config.dataset`'s two splits.
+
+  For a local folder the splits are loaded (validating every file);
+  `fixed_size` is False for an image folder whose images vary in size.
+  """
   name = dataset_name(config)
   folder = locate.local_dir(config)
   if folder is None:
@@ -58,14 +61,13 @@ def dataset_info(config) -> DatasetInfo:
     raise DataError(f'{folder}: train images are {train_images.shape[1:]} but '
                     f'eval images are {eval_images.shape[1:]}')
   num_classes = local.num_classes_hint(config)
-  stored_names = None
-  for sub in splits.parse_split(config.train_split)[:1]:
-    stored_names = local.load_full(os.path.abspath(folder), sub.name,
-                                   num_classes)[2]
-  if name in KNOWN_CLASS_NAMES:
-    class_names = KNOWN_CLASS_NAMES[name]
-  elif stored_names:
+  # Names stored with the data (pickle metadata, image-folder names) define
+  # its labels, so they win over the table of known datasets.
+  stored_names = local.stored_class_names(config, folder)
+  if stored_names:
     class_names = stored_names
+  elif name in KNOWN_CLASS_NAMES:
+    class_names = KNOWN_CLASS_NAMES[name]
   else:
     if num_classes is None:
       num_classes = int(max(train_labels.max(initial=-1),
@@ -75,7 +77,8 @@ def dataset_info(config) -> DatasetInfo:
       name=str(config.dataset), num_classes=len(class_names),
       num_train=len(train_labels), num_eval=len(eval_labels),
       image_shape=tuple(int(d) for d in train_images.shape[1:]),
-      class_names=tuple(class_names), in_memory=True)
+      class_names=tuple(class_names), in_memory=True,
+      fixed_size=local.fixed_size(config, folder))
 
 
 def steps_per_epoch(config) -> int:

@@ -1,8 +1,20 @@
-"""Local dataset folders: `.npz` shards, CIFAR python pickles, IDX files.
+"""Local dataset folders: `.npz` shards, CIFAR pickles, IDX files, image folders.
 
 Owns format detection, reading and validating each format, and the
 per-process cache of whole splits (`load_full`). A new local format is one
-reader here plus one line in `detect_format`. Never imports TensorFlow.
+reader here plus one line in `detect_format`. The formats:
+
+* `train_*.npz` / `test.npz` shards (`images`, `labels` arrays);
+* the CIFAR-10 / CIFAR-100 python pickles;
+* MNIST-style IDX files (`train-images-idx3-ubyte.gz`, ...);
+* image folders, as vit_jax reads them: `<split>/<class>/<image>` with
+  `.jpg` / `.jpeg` / `.png` images (see `folders.read_split` and
+  docs/data.md for the rules: class names, allowed files, sizes).
+
+Never imports TensorFlow, with one exception: an image folder whose images
+vary in size is resized to `config.image_size` with TensorFlow's
+antialiased resize, exactly as variable-size tfds datasets are
+(`mixer.data.tfds`); that import happens only on that path.
 """
 
 import functools
@@ -17,6 +29,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from absl import logging
 import numpy as np
 
+from mixer.data import folders
 from mixer.data import splits
 from mixer.data.base import DataError
 from mixer.data.base import ENV_DATA_DIR
@@ -25,16 +38,15 @@ from mixer.data.base import check_arrays
 from mixer.data.base import concatenate
 from mixer.data.base import dataset_name
 from mixer.data.base import describe
+from mixer.data.base import image_hw
+from mixer.data.base import natural_key
 from mixer.data.base import where_to_put_data
 
 _NPZ = 'npz'
 _CIFAR10_PICKLE = 'cifar10_pickle'
 _CIFAR100_PICKLE = 'cifar100_pickle'
 _IDX = 'idx'
-
-
-def _natural_key(name: str):
-  return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', name)]
+_IMAGE_FOLDER = 'image_folder'
 
 
 def detect_format(folder: str) -> Optional[Tuple[str, str]]:
@@ -52,6 +64,9 @@ def detect_format(folder: str) -> Optional[Tuple[str, str]]:
                    ('cifar-100-python', _CIFAR100_PICKLE)):
     if os.path.isdir(os.path.join(folder, sub)):
       return fmt, os.path.join(folder, sub)
+  if any(os.path.isdir(os.path.join(folder, s))
+         for s in folders.REFERENCE_SPLITS):
+    return _IMAGE_FOLDER, folder
   return None
 
 
@@ -74,7 +89,7 @@ def _load_npz(path: str, num_classes: Optional[int]):
 def _npz_files(folder: str, split: str) -> List[str]:
   pattern = re.compile(rf'{re.escape(split)}(_\d+)?\.npz')
   return [os.path.join(folder, n)
-          for n in sorted(os.listdir(folder), key=_natural_key)
+          for n in sorted(os.listdir(folder), key=natural_key)
           if pattern.fullmatch(n)]
 
 
@@ -137,7 +152,7 @@ def _cifar_pickle_files(fmt: str, folder: str, split: str) -> List[str]:
   if fmt == _CIFAR10_PICKLE:
     if split == 'train':
       names = sorted((n for n in os.listdir(folder)
-                      if re.fullmatch(r'data_batch_\d+', n)), key=_natural_key)
+                      if re.fullmatch(r'data_batch_\d+', n)), key=natural_key)
       return [os.path.join(folder, n) for n in names]
     if split == 'test':
       return [os.path.join(folder, 'test_batch')]
@@ -246,21 +261,102 @@ def _idx_split(root: str, split: str, num_classes: Optional[int]):
   return [(pair[0],) + _load_idx(pair[0], pair[1], num_classes)], None
 
 
-# Format -> reader(root, split, num_classes) -> ([(file, images, labels)],
-# class names or None). A new local format is one reader and one entry here
-# (plus its detection in `detect_format`).
+def _config_split_names(config, first: Optional[str]) -> Tuple[str, ...]:
+  names = []
+  for spec in (first, config.get('train_split', 'train'),
+               config.get('eval_split', 'test')):
+    if spec:
+      names.extend(sub.name for sub in splits.parse_split(spec))
+  return tuple(names)
+
+
+def image_options(config, folder: str, split: Optional[str] = None
+                  ) -> Optional[folders.ImageOptions]:
+  """Decoding options when `folder` is an image folder, else None.
+
+  The folder counts as fixed-size when every image of its `train/` and
+  `test/` splits and of the config's train, eval (and `split`'s) splits has
+  one size; then all its splits load as stored, else all are resized to
+  `config.image_size`.
+  """
+  detected = detect_format(folder)
+  if detected is None or detected[0] != _IMAGE_FOLDER:
+    return None
+  channels = int(config.get('channels', 3) or 3)
+  if channels not in (1, 3):
+    raise DataError(f'config.channels={channels}: image folders load as 1 '
+                    '(grayscale) or 3 (RGB) channels')
+  fixed = folders.fixed_size(detected[1], _config_split_names(config, split))
+  return folders.ImageOptions(channels, None if fixed else image_hw(config))
+
+
+def fixed_size(config, folder: str) -> bool:
+  """False when `folder` is an image folder whose images vary in size."""
+  options = image_options(config, os.path.abspath(folder))
+  return options is None or options.hw is None
+
+
+def encoded_files(config, folder: str, split: str
+                  ) -> Optional[Tuple[List[str], np.ndarray, bool]]:
+  """(paths, labels, all JPEG) of `split` of a variable-size image folder.
+
+  The same examples in the same order as `load(config, folder, split)`;
+  None when `folder` is not an image folder or its images share one size
+  (its arrays then hold the original pixels). The streaming path reads these
+  files so that crops come from the original images, as for tfds.
+  """
+  folder = os.path.abspath(folder)
+  options = image_options(config, folder, split)
+  if options is None or options.hw is None:
+    return None
+  paths, labels, formats = [], [], set()
+  for sub in splits.parse_split(split):
+    index = folders.index_split(folder, sub.name)
+    start, stop = sub.bounds(len(index.paths), split)
+    paths.extend(index.paths[start:stop])
+    labels.append(index.labels[start:stop])
+    formats.update(index.formats[start:stop])
+  return (paths, np.concatenate(labels).astype(np.int32),
+          bool(formats) and formats <= set(folders.JPEG_FORMATS))
+
+
+def stored_class_names(config, folder: str) -> Optional[Tuple[str, ...]]:
+  """Class names stored with a local dataset (pickle metadata, image folder
+  names), in label order, or None."""
+  folder = os.path.abspath(folder)
+  detected = detect_format(folder)
+  if detected is not None and detected[0] == _IMAGE_FOLDER:
+    root = detected[1]
+    return folders.class_folders(
+        os.path.join(root, folders.reference_split(root)))
+  for sub in splits.parse_split(config.train_split)[:1]:
+    return load_full(folder, sub.name, num_classes_hint(config))[2]
+  return None
+
+
+# Format -> reader(root, split, num_classes, image options) -> ([(file,
+# images, labels)], class names or None). A new local format is one reader
+# and one entry here (plus its detection in `detect_format`). Only image
+# folders use the options (arrays are stored decoded).
 _READERS = {
-    _NPZ: _npz_split,
-    _CIFAR10_PICKLE: lambda *a: _cifar_pickle_split(_CIFAR10_PICKLE, *a),
-    _CIFAR100_PICKLE: lambda *a: _cifar_pickle_split(_CIFAR100_PICKLE, *a),
-    _IDX: _idx_split,
+    _NPZ: lambda r, s, n, _: _npz_split(r, s, n),
+    _CIFAR10_PICKLE: lambda r, s, n, _: _cifar_pickle_split(
+        _CIFAR10_PICKLE, r, s, n),
+    _CIFAR100_PICKLE: lambda r, s, n, _: _cifar_pickle_split(
+        _CIFAR100_PICKLE, r, s, n),
+    _IDX: lambda r, s, n, _: _idx_split(r, s, n),
+    _IMAGE_FOLDER: folders.read_split,
 }
 
 
 @functools.lru_cache(maxsize=16)
-def load_full(folder: str, split: str, num_classes: Optional[int]
+def load_full(folder: str, split: str, num_classes: Optional[int],
+              options: Optional[folders.ImageOptions] = None
               ) -> Tuple[np.ndarray, np.ndarray, Optional[Tuple[str]]]:
   """Whole unsliced split of a local folder, cached, read-only.
+
+  `options` (from `image_options`) say how an image folder is decoded; the
+  other formats ignore them.
 
   Returns:
     (images uint8 [N, H, W, C], labels int32 [N], class names from the
@@ -271,10 +367,11 @@ def load_full(folder: str, split: str, num_classes: Optional[int]
   detected = detect_format(folder)
   if detected is None:
     raise DataError(f'{folder}: no dataset found (expected train_*.npz / '
-                    'test.npz shards, a CIFAR python pickle folder, or IDX '
-                    'files such as train-images-idx3-ubyte.gz)')
+                    'test.npz shards, a CIFAR python pickle folder, IDX '
+                    'files such as train-images-idx3-ubyte.gz, or image '
+                    f'folders {folders.LAYOUT})')
   fmt, root = detected
-  parts, class_names = _READERS[fmt](root, split, num_classes)
+  parts, class_names = _READERS[fmt](root, split, num_classes, options)
   images, labels = concatenate(parts)
   images = np.ascontiguousarray(images)
   images.flags.writeable = False  # Cached and shared: nobody may modify it.
@@ -303,9 +400,10 @@ def load(config, folder: str, split: str) -> Tuple[np.ndarray, np.ndarray]:
                     f'{where_to_put_data(dataset_name(config))}')
   num_classes = num_classes_hint(config)
   folder = os.path.abspath(folder)
+  options = image_options(config, folder, split)
   pieces = []
   for sub in splits.parse_split(split):
-    images, labels, _ = load_full(folder, sub.name, num_classes)
+    images, labels, _ = load_full(folder, sub.name, num_classes, options)
     start, stop = sub.bounds(len(labels), split)
     if (start, stop) != (0, len(labels)):
       images, labels = images[start:stop], labels[start:stop]
@@ -314,3 +412,8 @@ def load(config, folder: str, split: str) -> Tuple[np.ndarray, np.ndarray]:
     return pieces[0]
   return concatenate([(split, i, l) for i, l in pieces])
 
+
+def clear_cache() -> None:
+  """Forgets every cached split and image-folder listing."""
+  load_full.cache_clear()
+  folders.index_split.cache_clear()

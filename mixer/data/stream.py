@@ -3,7 +3,11 @@
 Owns the training and eval streams that yield the same batch dicts as
 `mixer.data.batches`, with images already cropped or resized to
 `config.image_size` on the host. The only data module that needs TensorFlow
-for local arrays (tfds data needs it anyway).
+for local arrays (tfds data needs it anyway), besides `local`'s resize of
+variable-size image folders. Local data stream from their
+in-memory arrays, except image folders whose images vary in size: those
+stream their encoded files, decoded (JPEGs only in the crop window) as tfds
+images are.
 """
 
 import dataclasses
@@ -11,6 +15,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
+from mixer.data import local
 from mixer.data import locate
 from mixer.data import tfds as tfds_source
 from mixer.data.base import DataError
@@ -53,11 +58,28 @@ class _Source:
 def _streaming_source(config, split: str, *, process_index: int,
                       process_count: int, shuffle_seed: Optional[int]
                      ) -> _Source:
-  """Local arrays (sliced per process) or tfds files (split per process)."""
+  """Local arrays (sliced per process) or tfds files (split per process).
+
+  An image folder whose images vary in size streams its encoded files
+  instead (its arrays are resized copies), so crops are taken from the
+  original images as for tfds; its split is still loaded once first, which
+  checks every file and gives one-line DataErrors naming a bad one.
+  """
   tf = _import_tf()
-  if locate.local_dir(config) is not None:
+  folder = locate.local_dir(config)
+  if folder is not None:
     images, labels = load_split(config, split)
     start, stop = _process_range(len(labels), process_index, process_count)
+    files = local.encoded_files(config, folder, split)
+    if files is not None:
+      paths, file_labels, jpeg = files
+      ds = tf.data.Dataset.from_tensor_slices(
+          {'image': paths[start:stop], 'label': file_labels[start:stop]})
+      ds = ds.map(lambda ex: {'image': tf.io.read_file(ex['image']),
+                              'label': ex['label']},
+                  num_parallel_calls=tf.data.AUTOTUNE)
+      return _Source(ds, len(file_labels), encoded=True, jpeg=jpeg,
+                     channels=images.shape[-1])
     ds = tf.data.Dataset.from_tensor_slices(
         {'image': images[start:stop], 'label': labels[start:stop]})
     return _Source(ds, len(labels), encoded=False, jpeg=False,
@@ -195,8 +217,8 @@ def tfds_train_dataset(config, *, start_step: int = 0, process_index: int = 0,
   replay the uninterrupted stream exactly: re-reading the skipped part of an
   ImageNet epoch would cost minutes, so a resumed run reshuffles instead
   (harmless for SGD). The data come from local arrays when `local_dir` finds
-  them, else from tfds (prepared files, decoded here, JPEGs decoding only the
-  crop window).
+  them (a variable-size image folder from its files), else from tfds
+  (prepared files, decoded here, JPEGs decoding only the crop window).
   """
   tf = _import_tf()
   b_local = local_batch_size(config.batch_size, 'batch_size', process_index,
