@@ -5,7 +5,8 @@ problem with what the user gave (a flag, a config, data, a checkpoint, a
 workdir) prints one line `error: <what is wrong and how to fix it>` on stderr
 and exits with status 1; the traceback appears only with `--debug` (or
 MIXER_DEBUG=1). An unexpected exception (a bug) is one line too, saying so.
-Ctrl-C exits with status 130 and the line `interrupted`.
+Ctrl-C exits with status 130 and one line (`interrupted`, or what the
+training loop saved and how to resume).
 
 The console shows the project's own log lines. Libraries' INFO chatter
 (orbax's ~15 lines per checkpoint, JAX's libtpu probe, TensorFlow's C++
@@ -172,10 +173,10 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
       if debug_requested():
         raise
       fail(str(e))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
       if debug_requested():
         raise
-      print('interrupted', file=sys.stderr, flush=True)
+      print(one_line(e) or 'interrupted', file=sys.stderr, flush=True)
       sys.exit(130)
     except Exception as e:  # pylint: disable=broad-except
       if debug_requested():

@@ -3,8 +3,8 @@
 Data-parallel with `jax.pmap` over all local devices (gradients `pmean`'d over
 the 'batch' axis; several processes each feed their own slice of the global
 batch). What one step computes is `mixer.step`; this module owns the loop
-around it: building everything a run needs from the config (`Trainer`),
-feeding the steps (`steps_per_dispatch` > 1 fuses several into one dispatch;
+around it: building everything a run needs from the config (`Trainer`, in
+mixer/trainer.py), feeding the steps (`steps_per_dispatch` > 1 fuses several into one dispatch;
 with `input_pipeline='device'` the uint8 dataset lives on device and each
 dispatch only receives the example indices, the same permutation the host
 path uses, so both see identical data), and deciding when to log, evaluate
@@ -21,17 +21,15 @@ parameters are finite; the flags are checked on the host before every log,
 eval and checkpoint, so a non-finite state is never saved (`NonFiniteError`
 names the step), or with `config.skip_nonfinite_steps` such updates are
 dropped and counted. A workdir that holds a run with another config is
-refused (`mixer.workdir.WorkdirError`) unless `overwrite=True`.
+refused (`mixer.workdir.WorkdirError`) unless `overwrite=True`. Ctrl-C (or
+`stop`) saves the current step and raises `mixer.stopping.Interrupted`.
 """
 
 import collections
 import os
-import signal
-import socket
-import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 from absl import logging
 import jax
@@ -41,11 +39,10 @@ import numpy as np
 from mixer import checkpoints
 from mixer import data
 from mixer import devices
-from mixer import evaluate
 from mixer import metrics as metrics_lib
-from mixer import models
-from mixer import optim
 from mixer import step as step_lib
+from mixer import stopping
+from mixer.trainer import Trainer
 from mixer import workdir as workdir_lib
 
 
@@ -57,20 +54,6 @@ class NonFiniteError(FloatingPointError):
   """
 
 
-class Interrupted(KeyboardInterrupt):
-  """The run was stopped (Ctrl-C, or `stop` set) at a step boundary.
-
-  The message says which checkpoint holds the state and how to resume.
-  """
-
-
-# How long after Ctrl-C the loop may take to reach a step boundary and save
-# the state; past it (a step that takes longer, e.g. a large batch on a
-# CPU), the process exits at once and the last checkpoint is the resume
-# point. A checkpoint write that has started is waited for, up to
-# STOP_SAVE_SECONDS.
-STOP_GRACE_SECONDS = 8.0
-STOP_SAVE_SECONDS = 60.0
 # Dispatches queued on the device beyond the one running: enough to keep an
 # accelerator busy, few enough that a stop request is served promptly.
 MAX_IN_FLIGHT = 2
@@ -80,259 +63,6 @@ PROGRESS_EVERY_SECONDS = 30.0
 # With skip_nonfinite_steps, the window of recent steps whose skipped share
 # is checked against config.skip_nonfinite_limit.
 SKIP_WINDOW = 100
-
-
-class Trainer:
-  """Builds everything a run needs from the config; no I/O in __init__."""
-
-  def __init__(self, config: ml_collections.ConfigDict):
-    workdir_lib.check_config_values(config)
-    self.config = config
-    self.num_devices = jax.local_device_count()
-    self.process_index = jax.process_index()
-    self.process_count = jax.process_count()
-    self.info = data.dataset_info(config)
-    self.model = models.build_model(config.model)
-    self.model.check(models.input_shape(config))
-    if config.model.num_classes != self.info.num_classes:
-      raise ValueError(
-          f'model.num_classes is {config.model.num_classes} but dataset '
-          f'{config.dataset!r} has {self.info.num_classes} classes')
-    self.batch_size = int(config.batch_size)
-    self.accum = int(config.grad_accum_steps)
-    per = self.num_devices * self.process_count * self.accum
-    if self.batch_size <= 0 or self.batch_size % per:
-      raise ValueError(
-          f'batch_size {self.batch_size} must be a positive multiple of '
-          f'devices x processes x grad_accum_steps = {self.num_devices} x '
-          f'{self.process_count} x {self.accum} = {per}')
-    eval_per = self.num_devices * self.process_count
-    if config.eval_batch_size <= 0 or config.eval_batch_size % eval_per:
-      raise ValueError(f'eval_batch_size {config.eval_batch_size} must be a '
-                       f'positive multiple of {eval_per} (devices x processes)')
-    self.steps_per_epoch = self.info.num_train // self.batch_size
-    if self.steps_per_epoch == 0:
-      raise ValueError(f'batch_size {self.batch_size} is larger than the '
-                       f'training set ({self.info.num_train} examples)')
-    if config.num_train_steps > 0:
-      self.total_steps = int(config.num_train_steps)
-    else:
-      self.total_steps = int(config.num_epochs * self.steps_per_epoch)
-    if self.total_steps <= 0:
-      raise ValueError('num_train_steps or num_epochs must be > 0')
-    spe = self.steps_per_epoch
-    self.warmup_steps, self.warmup_source = optim.resolve_warmup(
-        config, self.total_steps, spe)
-    self.schedule = optim.learning_rate_schedule(config, self.total_steps, spe)
-    self.tx = optim.make_optimizer(config, self.total_steps, spe)
-    step = step_lib.make_train_step(config, self.model, self.tx,
-                                    self.schedule, self.info.num_classes)
-    self.p_train = jax.pmap(step_lib.make_multi_step(step), axis_name='batch',
-                            donate_argnums=(0,))
-    self.p_train_indexed = jax.pmap(
-        step_lib.make_indexed_step(step_lib.make_multi_step(step)),
-        axis_name='batch', donate_argnums=(0,))
-    self.eval_every = (self.steps_per_epoch if config.eval_every_steps < 0
-                       else int(config.eval_every_steps))
-    # Arrays in host memory at the model's resolution go straight to the
-    # step; anything else (ImageNet-scale data, Inception crops, resizing
-    # CIFAR to 224 for fine-tuning) streams through tf.data.
-    shape = models.input_shape(config)
-    if self.info.image_shape[2] != shape[2]:
-      raise ValueError(
-          f'config.channels is {shape[2]} but {config.dataset!r} images have '
-          f'{self.info.image_shape[2]} channel(s)')
-    same_size = tuple(self.info.image_shape[:2]) == shape[:2]
-    self.stream_train = not (self.info.in_memory and same_size
-                             and config.augment.crop != 'inception')
-    self.stream_eval = not (self.info.in_memory and same_size) or (
-        not self.info.fixed_size and config.augment.eval_crop == 'center')
-    self.resized = not same_size
-    if config.input_pipeline == 'device' and self.stream_train:
-      raise ValueError(
-          "input_pipeline='device' needs the training set in memory at the "
-          f'model resolution {shape[:2]} without Inception crops; '
-          f'{config.dataset!r} is stored at {self.info.image_shape[:2]}: use '
-          "input_pipeline='host'")
-    self.evaluator = evaluate.Evaluator(config, self.model,
-                                        self.info.num_classes,
-                                        stream=self.stream_eval,
-                                        num_examples=self.info.num_eval)
-
-  def describe(self) -> List[str]:
-    """What the run will do, in a few log lines (its size first)."""
-    c, info = self.config, self.info
-    images = self.total_steps * self.batch_size
-    lines = [
-        f'Run: {self.total_steps:,} steps = '
-        f'{self.total_steps / self.steps_per_epoch:.4g} epochs of '
-        f'{info.num_train:,} {info.name} training images ({images:,} images) '
-        f'at global batch {self.batch_size:,}; '
-        + (f'evaluates {info.num_eval:,} images every {self.eval_every:,} '
-           'steps and at the end' if self.eval_every else
-           f'evaluates {info.num_eval:,} images at the end')
-        + (f'; checkpoints every {c.checkpoint_every_steps:,} steps'
-           if c.checkpoint_every_steps > 0 else '; checkpoints at the end')
-        + (f' and every {c.checkpoint_every_minutes:g} minutes'
-           if c.get('checkpoint_every_minutes', 0) > 0 else ''),
-        f'Learning rate: {c.learning_rate:g}, linear warmup over '
-        f'{self.warmup_steps:,} steps ({self.warmup_source}), then '
-        f'{c.lr_schedule} to {c.get("lr_end", 0.0):g} at step '
-        f'{self.total_steps:,}']
-    if c.num_train_steps > 0 and c.get('warmup_percent', -1) >= 0 and \
-        c.get('warmup_steps', -1) < 0 and c.get('warmup_epochs', -1) < 0:
-      full = int(c.num_epochs * self.steps_per_epoch)
-      if full != self.total_steps:
-        was, _ = optim.resolve_warmup(c, full, self.steps_per_epoch)
-        lines.append(
-            f'Warmup follows the run: {was:,} -> {self.warmup_steps:,} steps '
-            f'(the config\'s {c.num_epochs:g} epochs, {full:,} steps, warm '
-            f'up for {was:,}; num_train_steps={self.total_steps:,} keeps '
-            'the same share)')
-    if self.resized:
-      h, w = models.input_shape(c)[:2]
-      lines.append(
-          f'{info.name} images are stored at {info.image_shape[0]}x'
-          f'{info.image_shape[1]} but the model takes {h}x{w}: they are '
-          'resized on the host (tf.data) for training and evaluation')
-    return lines
-
-  # -- batches -------------------------------------------------------------
-
-  def _split(self, x: np.ndarray) -> np.ndarray:
-    """[B_local, ...] -> [devices, accum, micro, ...]."""
-    return x.reshape((self.num_devices, self.accum, -1) + x.shape[1:])
-
-  def host_chunks(self, start_step: int) -> Iterator[Tuple[int, Any]]:
-    """Yields (k, (images, labels)) with k steps stacked on axis 1."""
-    source = (data.tfds_train_dataset if self.stream_train
-              else data.train_batches)
-    batches = source(self.config, start_step=start_step,
-                     process_index=self.process_index,
-                     process_count=self.process_count)
-    step = start_step
-    while step < self.total_steps:
-      k = self.chunk_size(step)
-      imgs, lbls = [], []
-      for _ in range(k):
-        b = next(batches)
-        imgs.append(self._split(b['image']))
-        lbls.append(self._split(b['label'].astype(np.int32)))
-      yield k, (np.stack(imgs, 1), np.stack(lbls, 1))
-      step += k
-
-  def index_chunks(self, start_step: int) -> Iterator[Tuple[int, Any]]:
-    """Like host_chunks, but only the example indices of each step."""
-    b_local = self.batch_size // self.process_count
-    lo = self.process_index * b_local
-    step, epoch, perm = start_step, None, None
-    while step < self.total_steps:
-      k = self.chunk_size(step)
-      idx = []
-      for s in range(step, step + k):
-        e, pos = divmod(s, self.steps_per_epoch)
-        if e != epoch:
-          epoch = e
-          perm = data.epoch_permutation(
-              self.config.seed, e, self.info.num_train)
-        glob = perm[pos * self.batch_size:(pos + 1) * self.batch_size]
-        idx.append(self._split(glob[lo:lo + b_local].astype(np.int32)))
-      yield k, (np.stack(idx, 1),)
-      step += k
-
-  def chunk_size(self, step: int) -> int:
-    """Steps in the next dispatch: never across a log/eval/save boundary."""
-    k = max(int(self.config.steps_per_dispatch), 1)
-    for every in (self.config.log_every_steps, self.eval_every,
-                  self.config.checkpoint_every_steps):
-      if every and every > 0:
-        k = min(k, every - step % every)
-    return max(1, min(k, self.total_steps - step))
-
-
-class _StopRequest:
-  """A stop request: SIGINT (Ctrl-C) in a single-process run's main thread,
-  or `event` set by another thread (a notebook).
-
-  The SIGINT handler only sets `event`; the loop notices it at the next
-  step boundary, saves the current step and raises `Interrupted`. A Python
-  handler runs only between bytecodes, so while the main thread waits on a
-  long device step a watchdog thread (woken through `signal.set_wakeup_fd`)
-  gives the loop STOP_GRACE_SECONDS, then prints `fallback()` and exits the
-  process; a second Ctrl-C exits at once. A checkpoint write in progress
-  (`saving`) is waited for, so a stop never leaves a half-written step
-  behind (and orbax's atomic writes would set one aside anyway).
-  """
-
-  def __init__(self, event: Optional[threading.Event] = None):
-    self.event = event or threading.Event()
-    self.saving = threading.Event()
-    self.fallback: Callable[[], str] = lambda: 'stopped'
-    self._installed = False
-    self._done = threading.Event()
-
-  def requested(self) -> bool:
-    return self.event.is_set()
-
-  def __enter__(self) -> '_StopRequest':
-    if (threading.current_thread() is not threading.main_thread() or
-        jax.process_count() > 1):
-      return self
-    self._read, self._write = socket.socketpair()
-    self._write.setblocking(False)
-    self._old_fd = signal.set_wakeup_fd(self._write.fileno(),
-                                        warn_on_full_buffer=False)
-    self._old_handler = signal.signal(signal.SIGINT,
-                                      lambda *_: self.event.set())
-    self._installed = True
-    threading.Thread(target=self._watch, daemon=True,
-                     name='mixer-stop-watchdog').start()
-    return self
-
-  def _watch(self) -> None:
-    count, deadline = 0, None
-    while not self._done.is_set():
-      timeout = None if deadline is None else max(deadline - time.time(), 0.05)
-      self._read.settimeout(timeout)
-      try:
-        data = self._read.recv(64)
-        if not data:
-          return  # Closed by __exit__.
-      except socket.timeout:
-        data = b''
-      except OSError:
-        return
-      if self._done.is_set():
-        return
-      received = data.count(bytes([signal.SIGINT]))
-      if received:
-        count += received
-        if count >= 2:
-          self._exit('second Ctrl-C: ')
-        deadline = time.time() + STOP_GRACE_SECONDS
-      elif deadline is not None and time.time() >= deadline:
-        if self.saving.is_set():
-          deadline = time.time() + STOP_SAVE_SECONDS
-          self.saving.clear()
-        else:
-          self._exit('')
-
-  def _exit(self, prefix: str) -> None:
-    try:
-      message = self.fallback()
-    except Exception:  # pylint: disable=broad-except
-      message = 'stopped'
-    print(f'{prefix}{message}', file=sys.stderr, flush=True)
-    os._exit(130)  # pylint: disable=protected-access
-
-  def __exit__(self, *exc) -> None:
-    self._done.set()
-    if self._installed:
-      signal.signal(signal.SIGINT, self._old_handler)
-      signal.set_wakeup_fd(self._old_fd)
-      self._write.close()
-      self._read.close()
-      self._installed = False
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -370,11 +100,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   t_start = time.time()
   trainer = Trainer(config)
   with workdir_lib.open_workdir(config, workdir, overwrite=overwrite), \
-      _StopRequest(stop) as stop_request:
+      stopping.StopRequest(stop) as stop_request:
     return _run(trainer, config, workdir, stop_request, t_start)
 
 
-def _run(trainer: Trainer, config, workdir: str, stop: _StopRequest,
+def _run(trainer: Trainer, config, workdir: str, stop: stopping.StopRequest,
          t_start: float) -> Dict[str, Any]:
   """The run inside its locked workdir."""
   is_chief = trainer.process_index == 0
@@ -515,7 +245,7 @@ class _Loop:
   progress lines, metrics, evaluations, checkpoints, stop requests."""
 
   def __init__(self, trainer: Trainer, config, workdir: str, mgr, writer,
-               progress: metrics_lib.Progress, stop: _StopRequest,
+               progress: metrics_lib.Progress, stop: stopping.StopRequest,
                meta: Dict[str, Any], config_json: Dict[str, Any],
                start_step: int):
     self.trainer, self.config, self.workdir = trainer, config, workdir
@@ -753,7 +483,7 @@ class _Loop:
                f'in {time.time() - t0:.1f} s)')
     else:
       where = 'no checkpoint was written; the next run starts over'
-    raise Interrupted(f'stopped at step {self.step:,} of '
+    raise stopping.Interrupted(f'stopped at step {self.step:,} of '
                       f'{self.trainer.total_steps:,}: {where}; run the same '
                       'command again to resume')
 

@@ -1,0 +1,188 @@
+"""Everything a run needs, built from its config: the `Trainer`.
+
+Owns checking the config against the data and the devices, the run's length
+and learning-rate schedule, the pmapped train steps and the evaluator, and
+the per-dispatch inputs (host batches, or indices into a device-resident
+dataset). No I/O beyond reading the dataset's facts; no loop.
+"""
+
+from typing import Any, Iterator, List, Tuple
+
+import jax
+import ml_collections
+import numpy as np
+
+from mixer import data
+from mixer import evaluate
+from mixer import models
+from mixer import optim
+from mixer import step as step_lib
+from mixer import workdir as workdir_lib
+
+
+class Trainer:
+  """Builds everything a run needs from the config; no I/O in __init__."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    workdir_lib.check_config_values(config)
+    self.config = config
+    self.num_devices = jax.local_device_count()
+    self.process_index = jax.process_index()
+    self.process_count = jax.process_count()
+    self.info = data.dataset_info(config)
+    self.model = models.build_model(config.model)
+    self.model.check(models.input_shape(config))
+    if config.model.num_classes != self.info.num_classes:
+      raise ValueError(
+          f'model.num_classes is {config.model.num_classes} but dataset '
+          f'{config.dataset!r} has {self.info.num_classes} classes')
+    self.batch_size = int(config.batch_size)
+    self.accum = int(config.grad_accum_steps)
+    per = self.num_devices * self.process_count * self.accum
+    if self.batch_size <= 0 or self.batch_size % per:
+      raise ValueError(
+          f'batch_size {self.batch_size} must be a positive multiple of '
+          f'devices x processes x grad_accum_steps = {self.num_devices} x '
+          f'{self.process_count} x {self.accum} = {per}')
+    eval_per = self.num_devices * self.process_count
+    if config.eval_batch_size <= 0 or config.eval_batch_size % eval_per:
+      raise ValueError(f'eval_batch_size {config.eval_batch_size} must be a '
+                       f'positive multiple of {eval_per} (devices x processes)')
+    self.steps_per_epoch = self.info.num_train // self.batch_size
+    if self.steps_per_epoch == 0:
+      raise ValueError(f'batch_size {self.batch_size} is larger than the '
+                       f'training set ({self.info.num_train} examples)')
+    if config.num_train_steps > 0:
+      self.total_steps = int(config.num_train_steps)
+    else:
+      self.total_steps = int(config.num_epochs * self.steps_per_epoch)
+    if self.total_steps <= 0:
+      raise ValueError('num_train_steps or num_epochs must be > 0')
+    spe = self.steps_per_epoch
+    self.warmup_steps, self.warmup_source = optim.resolve_warmup(
+        config, self.total_steps, spe)
+    self.schedule = optim.learning_rate_schedule(config, self.total_steps, spe)
+    self.tx = optim.make_optimizer(config, self.total_steps, spe)
+    step = step_lib.make_train_step(config, self.model, self.tx,
+                                    self.schedule, self.info.num_classes)
+    self.p_train = jax.pmap(step_lib.make_multi_step(step), axis_name='batch',
+                            donate_argnums=(0,))
+    self.p_train_indexed = jax.pmap(
+        step_lib.make_indexed_step(step_lib.make_multi_step(step)),
+        axis_name='batch', donate_argnums=(0,))
+    self.eval_every = (self.steps_per_epoch if config.eval_every_steps < 0
+                       else int(config.eval_every_steps))
+    # Arrays in host memory at the model's resolution go straight to the
+    # step; anything else (ImageNet-scale data, Inception crops, resizing
+    # CIFAR to 224 for fine-tuning) streams through tf.data.
+    shape = models.input_shape(config)
+    if self.info.image_shape[2] != shape[2]:
+      raise ValueError(
+          f'config.channels is {shape[2]} but {config.dataset!r} images have '
+          f'{self.info.image_shape[2]} channel(s)')
+    same_size = tuple(self.info.image_shape[:2]) == shape[:2]
+    self.stream_train = not (self.info.in_memory and same_size
+                             and config.augment.crop != 'inception')
+    self.stream_eval = not (self.info.in_memory and same_size) or (
+        not self.info.fixed_size and config.augment.eval_crop == 'center')
+    self.resized = not same_size
+    if config.input_pipeline == 'device' and self.stream_train:
+      raise ValueError(
+          "input_pipeline='device' needs the training set in memory at the "
+          f'model resolution {shape[:2]} without Inception crops; '
+          f'{config.dataset!r} is stored at {self.info.image_shape[:2]}: use '
+          "input_pipeline='host'")
+    self.evaluator = evaluate.Evaluator(config, self.model,
+                                        self.info.num_classes,
+                                        stream=self.stream_eval,
+                                        num_examples=self.info.num_eval)
+
+  def describe(self) -> List[str]:
+    """What the run will do, in a few log lines (its size first)."""
+    c, info = self.config, self.info
+    images = self.total_steps * self.batch_size
+    lines = [
+        f'Run: {self.total_steps:,} steps = '
+        f'{self.total_steps / self.steps_per_epoch:.4g} epochs of '
+        f'{info.num_train:,} {info.name} training images ({images:,} images) '
+        f'at global batch {self.batch_size:,}; '
+        + (f'evaluates {info.num_eval:,} images every {self.eval_every:,} '
+           'steps and at the end' if self.eval_every else
+           f'evaluates {info.num_eval:,} images at the end')
+        + (f'; checkpoints every {c.checkpoint_every_steps:,} steps'
+           if c.checkpoint_every_steps > 0 else '; checkpoints at the end')
+        + (f' and every {c.checkpoint_every_minutes:g} minutes'
+           if c.get('checkpoint_every_minutes', 0) > 0 else ''),
+        f'Learning rate: {c.learning_rate:g}, linear warmup over '
+        f'{self.warmup_steps:,} steps ({self.warmup_source}), then '
+        f'{c.lr_schedule} to {c.get("lr_end", 0.0):g} at step '
+        f'{self.total_steps:,}']
+    if c.num_train_steps > 0 and c.get('warmup_percent', -1) >= 0 and \
+        c.get('warmup_steps', -1) < 0 and c.get('warmup_epochs', -1) < 0:
+      full = int(c.num_epochs * self.steps_per_epoch)
+      if full != self.total_steps:
+        was, _ = optim.resolve_warmup(c, full, self.steps_per_epoch)
+        lines.append(
+            f'Warmup follows the run: {was:,} -> {self.warmup_steps:,} steps '
+            f'(the config\'s {c.num_epochs:g} epochs, {full:,} steps, warm '
+            f'up for {was:,}; num_train_steps={self.total_steps:,} keeps '
+            'the same share)')
+    if self.resized:
+      h, w = models.input_shape(c)[:2]
+      lines.append(
+          f'{info.name} images are stored at {info.image_shape[0]}x'
+          f'{info.image_shape[1]} but the model takes {h}x{w}: they are '
+          'resized on the host (tf.data) for training and evaluation')
+    return lines
+
+  # -- batches -------------------------------------------------------------
+
+  def _split(self, x: np.ndarray) -> np.ndarray:
+    """[B_local, ...] -> [devices, accum, micro, ...]."""
+    return x.reshape((self.num_devices, self.accum, -1) + x.shape[1:])
+
+  def host_chunks(self, start_step: int) -> Iterator[Tuple[int, Any]]:
+    """Yields (k, (images, labels)) with k steps stacked on axis 1."""
+    source = (data.tfds_train_dataset if self.stream_train
+              else data.train_batches)
+    batches = source(self.config, start_step=start_step,
+                     process_index=self.process_index,
+                     process_count=self.process_count)
+    step = start_step
+    while step < self.total_steps:
+      k = self.chunk_size(step)
+      imgs, lbls = [], []
+      for _ in range(k):
+        b = next(batches)
+        imgs.append(self._split(b['image']))
+        lbls.append(self._split(b['label'].astype(np.int32)))
+      yield k, (np.stack(imgs, 1), np.stack(lbls, 1))
+      step += k
+
+  def index_chunks(self, start_step: int) -> Iterator[Tuple[int, Any]]:
+    """Like host_chunks, but only the example indices of each step."""
+    b_local = self.batch_size // self.process_count
+    lo = self.process_index * b_local
+    step, epoch, perm = start_step, None, None
+    while step < self.total_steps:
+      k = self.chunk_size(step)
+      idx = []
+      for s in range(step, step + k):
+        e, pos = divmod(s, self.steps_per_epoch)
+        if e != epoch:
+          epoch = e
+          perm = data.epoch_permutation(
+              self.config.seed, e, self.info.num_train)
+        glob = perm[pos * self.batch_size:(pos + 1) * self.batch_size]
+        idx.append(self._split(glob[lo:lo + b_local].astype(np.int32)))
+      yield k, (np.stack(idx, 1),)
+      step += k
+
+  def chunk_size(self, step: int) -> int:
+    """Steps in the next dispatch: never across a log/eval/save boundary."""
+    k = max(int(self.config.steps_per_dispatch), 1)
+    for every in (self.config.log_every_steps, self.eval_every,
+                  self.config.checkpoint_every_steps):
+      if every and every > 0:
+        k = min(k, every - step % every)
+    return max(1, min(k, self.total_steps - step))
