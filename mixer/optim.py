@@ -91,7 +91,7 @@ def resolve_warmup(config, total_steps: int,
     warmup = _to_steps(percent * total)
     if percent < 1:
       warmup = min(warmup, max(total - 1, 0))
-    return warmup, f'warmup_percent={percent:g} of {total} steps'
+    return warmup, f'warmup_percent={percent:g} of {total:,} steps'
   return 0, 'no warmup field set'
 
 

@@ -8,7 +8,7 @@ mixer/trainer.py), feeding the steps (`steps_per_dispatch` > 1 fuses several int
 with `input_pipeline='device'` the uint8 dataset lives on device and each
 dispatch only receives the example indices, the same permutation the host
 path uses, so both see identical data), and deciding when to log, evaluate
-(`mixer.evaluate`) and checkpoint (`mixer.checkpoints`).
+(`mixer.evaluators`) and checkpoint (`mixer.checkpoints`).
 
 The run is resumable: the RNG for step s is `fold_in(seed key, s)` and the
 data for step s is a function of (seed, s), so restoring the state of step s
@@ -55,8 +55,12 @@ class NonFiniteError(FloatingPointError):
 
 
 # Dispatches queued on the device beyond the one running: enough to keep an
-# accelerator busy, few enough that a stop request is served promptly.
+# accelerator busy, few enough that a stop request is served promptly. When
+# a step takes longer than SLOW_STEP_SECONDS (a CPU) nothing is queued: the
+# host's work between steps is negligible then, and Ctrl-C waits for one
+# step at most.
 MAX_IN_FLIGHT = 2
+SLOW_STEP_SECONDS = 0.5
 # A progress line at least this often (seconds), besides every
 # `log_every_steps`.
 PROGRESS_EVERY_SECONDS = 30.0
@@ -296,7 +300,7 @@ class _Loop:
       self.pending.append((self.step, m))
       self.in_flight.append(m)
       self.step += k
-      if len(self.in_flight) > MAX_IN_FLIGHT:
+      while len(self.in_flight) > self._in_flight_limit():
         jax.block_until_ready(self.in_flight.popleft())
       if self.step - k == self.start_step:  # The first dispatch compiles.
         jax.block_until_ready(m)
@@ -309,6 +313,11 @@ class _Loop:
     checkpoints.wait_until_finished(self.mgr)
     if self.last_eval is None:  # Nothing left to train: evaluate the state.
       self._evaluate({})
+
+  def _in_flight_limit(self) -> int:
+    rate = self.progress.images_per_sec(self.step)
+    slow = rate and self.trainer.batch_size / rate > SLOW_STEP_SECONDS
+    return 0 if slow else MAX_IN_FLIGHT
 
   def _between_steps(self) -> None:
     """Logs, evaluates and saves when their time has come."""

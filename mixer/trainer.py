@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from mixer import data
-from mixer import evaluate
+from mixer.evaluators import classification
 from mixer import models
 from mixer import optim
 from mixer import step as step_lib
@@ -92,7 +92,7 @@ class Trainer:
           f'model resolution {shape[:2]} without Inception crops; '
           f'{config.dataset!r} is stored at {self.info.image_shape[:2]}: use '
           "input_pipeline='host'")
-    self.evaluator = evaluate.Evaluator(config, self.model,
+    self.evaluator = classification.Evaluator(config, self.model,
                                         self.info.num_classes,
                                         stream=self.stream_eval,
                                         num_examples=self.info.num_eval)

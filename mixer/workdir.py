@@ -346,3 +346,22 @@ def write_json_atomic(path: str, obj: Any) -> None:
     json.dump(obj, f, indent=2)
   os.replace(tmp, path)
 
+
+def run_config(checkpoint: str) -> Optional[ml_collections.ConfigDict]:
+  """The run config saved beside an orbax checkpoint: `config.json` in the
+  checkpoint folder or up to two folders above it (a workdir, its
+  `checkpoints/`, or one step folder); None when there is none."""
+  path = os.path.abspath(checkpoint)
+  if not os.path.isdir(path):
+    return None
+  for folder in (path, os.path.dirname(path),
+                 os.path.dirname(os.path.dirname(path))):
+    file = os.path.join(folder, 'config.json')
+    if os.path.isfile(file):
+      try:
+        with open(file) as f:
+          return ml_collections.ConfigDict(json.load(f))
+      except (OSError, ValueError) as e:
+        raise ValueError(f'cannot read {file}: {e}; pass --config='
+                         'configs/<name>.py instead') from e
+  return None

@@ -711,7 +711,7 @@ def test_image_folder_same_accuracy_as_npz(data_dir, tmp_path):
   import jax  # pylint: disable=g-import-not-at-top
   from mixer import augment  # pylint: disable=g-import-not-at-top
   from mixer import devices  # pylint: disable=g-import-not-at-top
-  from mixer import evaluate  # pylint: disable=g-import-not-at-top
+  from mixer.evaluators import classification as evaluate  # pylint: disable=g-import-not-at-top
   from mixer import models as mixer_models  # pylint: disable=g-import-not-at-top
   from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
   x, y, names = _cifar_folder(tmp_path / 'png', data_dir)

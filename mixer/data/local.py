@@ -330,7 +330,7 @@ def stored_class_names(config, folder: str) -> Optional[Tuple[str, ...]]:
     return folders.class_folders(
         os.path.join(root, folders.reference_split(root)))
   for sub in splits.parse_split(config.train_split)[:1]:
-    return load_full(folder, sub.name, num_classes_hint(config))[2]
+    return load_full(folder, sub.name, num_classes_hint(config), None)[2]
   return None
 
 
