@@ -37,6 +37,10 @@ def base(model, *, dataset, image_size, channels=3, **overrides):
   c.shuffle_buffer = 50_000
   c.train_split = 'train'
   c.eval_split = 'test'
+  # A second held-out split evaluated beside eval_split at every eval, logged
+  # as minival_loss / minival_accuracy ('' = none); big_vision holds out
+  # train[99%:] of ImageNet so.
+  c.minival_split = ''
   c.augment = ml_collections.ConfigDict()
   c.augment.crop = 'pad'  # 'pad' (pad+random crop), 'inception', 'none'.
   c.augment.crop_padding = 4
@@ -78,6 +82,9 @@ def base(model, *, dataset, image_size, channels=3, **overrides):
   c.weight_decay = 0.1  # Decoupled, kernels only, relative to lr (optax).
   c.grad_clip_norm = 1.0  # Global norm; 0 = off.
   c.label_smoothing = 0.0
+  # 'softmax' cross-entropy, or 'sigmoid' (big_vision's sigmoid_xent: one
+  # binary cross-entropy per class; pair it with model.head_bias_init < 0).
+  c.loss = 'softmax'
 
   # Loop.
   c.seed = 0
@@ -106,6 +113,9 @@ def base(model, *, dataset, image_size, channels=3, **overrides):
   # Token groups when init_checkpoint has fewer tokens (higher fine-tuning
   # resolution, paper App. C): 'strided' sub-grids or contiguous 'tiles'.
   c.init_token_grouping = 'strided'
+  # Few-shot linear evaluation of the frozen features (the paper's metric;
+  # mixer/evaluators/fewshot.py): off unless fewshot.every_steps > 0.
+  c.fewshot = fewshot_defaults()
 
   for key, value in overrides.items():
     if key not in c:
@@ -132,25 +142,48 @@ def seed000_cifar10(variant):
 
 
 PAPER_WARMUP_STEPS = 10_000  # At batch 4096 (paper App. B).
+IMAGENET2012_TRAIN = 1_281_167  # Images in ImageNet-1k's train split.
 
 
-def warmup_share(steps, dataset, epochs, batch_size):
+def warmup_share(steps, train_examples, epochs, batch_size):
   """`warmup_percent` that gives exactly `steps` warmup steps in a run of
-  `epochs` over `dataset` (its PRETRAIN_TRAIN_EXAMPLES) at `batch_size`."""
-  return steps / (epochs * (PRETRAIN_TRAIN_EXAMPLES[dataset] // batch_size))
+  `epochs` over `train_examples` images at `batch_size`."""
+  return steps / (epochs * (train_examples // batch_size))
+
+
+def fewshot_defaults(**fields):
+  """`config.fewshot`: big_vision's few-shot settings (shots 1, 5, 10, 25;
+  l2_reg 2^10; 3 seeds), evaluated every `every_steps` (0 = never) on
+  `datasets`, name -> (dataset, train split, test split)."""
+  f = ml_collections.ConfigDict()
+  f.every_steps = 0
+  f.datasets = {'cifar10': ('cifar10', 'train', 'test')}
+  f.shots = (1, 5, 10, 25)
+  f.l2_reg = 2.0 ** 10
+  f.num_seeds = 3
+  f.seed = 0
+  f.batch_size = 256
+  f.num_test = -1  # The first num_test test examples; <= 0: all.
+  f.data_dir = ''  # '' = $MIXER_DATA_DIR/<dataset> or tfds (see fewshot.py).
+  for key, value in fields.items():
+    if key not in f:
+      raise KeyError(f'unknown fewshot field {key!r}')
+    f[key] = value
+  return f
 
 
 def paper_pretrain(variant):
-  """Paper Table 1 model with its ImageNet-1k pre-training recipe (sec. 3.1,
-  App. B): Adam b1 0.9 b2 0.999, batch 4096, lr 1e-3, weight decay 0.1,
-  10k warmup steps (as a share of the run, `warmup_share`) then linear
-  decay, clipping at global norm 1, 300 epochs, resolution 224, Inception
-  crop + flip."""
+  """Paper Table 1 model with the paper's base ImageNet-1k optimisation
+  recipe (sec. 3.1, App. B): Adam b1 0.9 b2 0.999, batch 4096, lr 1e-3,
+  weight decay 0.1, 10k warmup steps (as a share of the run,
+  `warmup_share`) then linear decay, clipping at global norm 1, 300 epochs,
+  resolution 224, Inception crop + flip -- without Table 4's RandAugment,
+  mixup or stochastic depth; `paper_table4` is the full recipe."""
   c = base(models.paper(variant, num_classes=1000), dataset='imagenet2012',
            image_size=224, batch_size=4096, num_epochs=300, optimizer='adamw',
            learning_rate=1e-3, weight_decay=0.1, lr_schedule='linear',
-           warmup_percent=warmup_share(PAPER_WARMUP_STEPS, 'imagenet2012', 300,
-                                       4096),
+           warmup_percent=warmup_share(PAPER_WARMUP_STEPS, IMAGENET2012_TRAIN,
+                                       300, 4096),
            grad_clip_norm=1.0, eval_batch_size=1024,
            train_split='train', eval_split='validation', shuffle_buffer=250_000,
            checkpoint_every_steps=2000, log_every_steps=100,
@@ -176,18 +209,38 @@ TABLE4_DROPOUT = 0.0
 TABLE4_STOCH_DEPTH = 0.1
 TABLE4_RANDAUGMENT_LAYERS = 2
 
-# Pre-training datasets: name -> (classes, train split, eval split).
-# ImageNet-21k follows big_vision's tfds `imagenet21k` (21843 classes, one
-# 'full' split; the first 51,200 images held out, 25,600 of them evaluated).
+# Pre-training datasets as big_vision trains on them: name -> (classes,
+# train split, eval split, minival split, initial head bias). ImageNet-1k
+# holds out train[99%:] as minival (big_vision's configs/mlp_mixer_i1k.py)
+# and evaluates on the validation set. ImageNet-21k follows big_vision's tfds
+# `imagenet21k` (21843 classes, one 'full' split; the first 51,200 images
+# held out: full[:25600] its "test", full[25600:51200] its "val", here the
+# minival). The head bias starts near log(1 / classes), as big_vision's
+# init_head_bias (-6.9 in mlp_mixer_i1k.py, -10 in vit_i21k.py).
 PRETRAIN_DATASETS = {
-    'imagenet2012': (1000, 'train', 'validation'),
-    'imagenet21k': (21843, 'full[51200:]', 'full[:25600]'),
+    'imagenet2012': (1000, 'train[:99%]', 'validation', 'train[99%:]', -6.9),
+    'imagenet21k': (21843, 'full[51200:]', 'full[:25600]', 'full[25600:51200]',
+                    -10.0),
 }
-# Training images per epoch, for cost estimates only (the run counts its data).
-# ImageNet-21k: the fall 2011 release (14,197,122 images) less the 51,200 held
-# out; other releases differ a little.
+# big_vision's few-shot datasets (configs/common_fewshot.py), evaluated every
+# 25k steps as there; ImageNet itself is left out, as in big_vision's default
+# (it needs the manual download, and its 50k validation images in memory).
+PRETRAIN_FEWSHOT = {
+    'caltech': ('caltech101', 'train', 'test'),
+    'cars': ('cars196:2.1.0', 'train', 'test'),
+    'cifar100': ('cifar100', 'train', 'test'),
+    'dtd': ('dtd', 'train', 'test'),
+    'pets': ('oxford_iiit_pet', 'train', 'test'),
+    'uc_merced': ('uc_merced', 'train[:1000]', 'train[1000:]'),
+}
+PRETRAIN_FEWSHOT_EVERY = 25_000
+# Images in each recipe's train split, for the warmup's share and for cost
+# estimates (the run counts its data). ImageNet-1k: train[:99%], 99% of
+# 1,281,167 rounded as tfds rounds. ImageNet-21k: the fall 2011 release
+# (14,197,122 images) less the 51,200 held out; other releases differ a
+# little.
 PRETRAIN_TRAIN_EXAMPLES = {
-    'imagenet2012': 1_281_167,
+    'imagenet2012': round(0.99 * IMAGENET2012_TRAIN),
     'imagenet21k': 14_197_122 - 51_200,
 }
 
@@ -210,6 +263,14 @@ def paper_table4(variant, dataset, mode=None):
   and stochastic depth (ramping linearly from 0 at the first block to 0.1 at
   the last, per example). Inception crop (5-100% of the area) + flip for
   training, big_vision's resize_small(256)|central_crop(224) for evaluation.
+
+  And how big_vision, where the paper's Mixers were trained, runs it
+  (configs/mlp_mixer_i1k.py): sigmoid cross-entropy with the head bias
+  starting at -6.9 (-10 for ImageNet-21k's 21,843 classes), stochastic depth
+  as a plain 0/1 mask (no rescaling of kept branches), the linear decay
+  ending at 1e-5, train[:99%] for training with train[99%:] evaluated as
+  minival beside the validation set, and few-shot linear evaluations every
+  25k steps (`PRETRAIN_FEWSHOT`).
 
   Args:
     variant: a paper Table 1 variant, e.g. 'B/16' (Table 4 has rows for the
@@ -234,17 +295,26 @@ def paper_table4(variant, dataset, mode=None):
     raise ValueError(f"config argument must be '' / 'paper' or 'gpu8', got "
                      f'{mode!r}')
   epochs, magnitude, mixup = TABLE4[(size, dataset)]
-  num_classes, train_split, eval_split = PRETRAIN_DATASETS[dataset]
+  (num_classes, train_split, eval_split, minival_split,
+   head_bias) = PRETRAIN_DATASETS[dataset]
   c = paper_pretrain(variant)
   c.model.num_classes = num_classes
   c.model.dropout_rate = TABLE4_DROPOUT
   c.model.stoch_depth = TABLE4_STOCH_DEPTH
+  c.model.stoch_depth_scale = False  # big_vision's plain 0/1 mask.
+  c.model.head_bias_init = head_bias
+  c.loss = 'sigmoid'  # big_vision's sigmoid_xent (docs/imagenet.md).
   c.dataset = dataset
   c.train_split = train_split
   c.eval_split = eval_split
+  c.minival_split = minival_split
   c.num_epochs = epochs
-  c.warmup_percent = warmup_share(PAPER_WARMUP_STEPS, dataset, epochs,
-                                  c.batch_size)
+  c.warmup_percent = warmup_share(
+      PAPER_WARMUP_STEPS, PRETRAIN_TRAIN_EXAMPLES[dataset], epochs,
+      c.batch_size)
+  c.lr_end = 1e-5  # big_vision's linear_end.
+  c.fewshot = fewshot_defaults(every_steps=PRETRAIN_FEWSHOT_EVERY,
+                               datasets=PRETRAIN_FEWSHOT)
   c.learning_rate = TABLE4_LEARNING_RATE
   c.weight_decay = TABLE4_WEIGHT_DECAY
   c.label_smoothing = 0.0

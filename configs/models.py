@@ -34,6 +34,8 @@ def mixer(*, patch, hidden_dim, num_blocks, tokens_mlp_dim, channels_mlp_dim,
   m.stoch_depth = 0.0
   m.use_pre_head_norm = True
   m.dtype = 'float32'
+  m.stoch_depth_scale = True  # timm's rescaling; False: big_vision's mask.
+  m.head_bias_init = 0.0
   for key, value in extensions.items():
     if key not in m:
       raise KeyError(f'unknown model field {key!r}')

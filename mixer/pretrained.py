@@ -31,7 +31,9 @@ from mixer.params import unflatten_params
 from mixer.params import unfreeze
 
 # Where the paper's checkpoints are published (the README and the configs
-# point here): gs://mixer_models/{imagenet1k,imagenet21k}/Mixer-{B,L}_{16,32}.npz
+# point here): gs://mixer_models/{imagenet1k,imagenet21k}/Mixer-{B,L}_16.npz,
+# and SAM/GSAM-trained sizes in gs://mixer_models/{sam,gsam}/ (the list is in
+# docs/pretrained.md).
 OFFICIAL_CHECKPOINTS_URL = (
     'https://console.cloud.google.com/storage/mixer_models/')
 TOKEN_GROUPINGS = ('strided', 'tiles')

@@ -3,7 +3,8 @@
 Per step, each device:
 
   uint8 images -> on-device augmentation (mixer.augment) -> model (optionally
-  bfloat16 activations, float32 params) -> (label-smoothed) cross-entropy ->
+  bfloat16 activations, float32 params) -> (label-smoothed) softmax or
+  sigmoid cross-entropy (`config.loss`, mixer.losses) ->
   gradients, accumulated over `grad_accum_steps` micro-batches with
   `lax.scan` -> pmean -> optax update (clipping, schedule, weight decay).
 
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from mixer import augment
+from mixer import losses
 from mixer import models
 from mixer import pretrained
 
@@ -71,14 +73,30 @@ def create_train_state(config, model, tx, rng, *,
   return state
 
 
+def _smooth(soft_labels, label_smoothing: float):
+  if not label_smoothing:
+    return soft_labels
+  num_classes = soft_labels.shape[-1]
+  return soft_labels * (1.0 - label_smoothing) + label_smoothing / num_classes
+
+
 def cross_entropy(logits, soft_labels, label_smoothing: float = 0.0):
   """Mean softmax cross-entropy with optional label smoothing (float32)."""
-  num_classes = logits.shape[-1]
-  if label_smoothing:
-    soft_labels = (soft_labels * (1.0 - label_smoothing)
-                   + label_smoothing / num_classes)
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-  return -jnp.mean(jnp.sum(soft_labels * logp, axis=-1))
+  return jnp.mean(losses.softmax_xent(logits,
+                                      _smooth(soft_labels, label_smoothing)))
+
+
+def sigmoid_cross_entropy(logits, soft_labels, label_smoothing: float = 0.0):
+  """Mean sigmoid cross-entropy (big_vision's `sigmoid_xent`), optional label
+  smoothing (float32)."""
+  return jnp.mean(losses.sigmoid_xent(logits,
+                                      _smooth(soft_labels, label_smoothing)))
+
+
+def training_loss(name: str) -> Callable:
+  """`config.loss`'s mean loss: 'softmax' (`cross_entropy`) or 'sigmoid'."""
+  losses.per_example(name)  # Validates the name.
+  return cross_entropy if name == 'softmax' else sigmoid_cross_entropy
 
 
 def make_train_step(config, model: models.MlpMixer,
@@ -91,6 +109,7 @@ def make_train_step(config, model: models.MlpMixer,
   """
   train_augment = augment.make_train_augment(config.augment, num_classes)
   label_smoothing = float(config.label_smoothing)
+  loss_of = training_loss(config.get('loss', 'softmax'))
   skip_nonfinite = bool(config.get('skip_nonfinite_steps', False))
 
   def loss_fn(params, images, labels, rng):
@@ -98,7 +117,7 @@ def make_train_step(config, model: models.MlpMixer,
     x, y = train_augment(rng_aug, images, labels)
     logits = model.apply({'params': params}, x, train=True,
                          rngs={'dropout': rng_model})
-    loss = cross_entropy(logits, y, label_smoothing)
+    loss = loss_of(logits, y, label_smoothing)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(y, -1))
     return loss, accuracy
 

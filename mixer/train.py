@@ -212,6 +212,11 @@ def _run(trainer: Trainer, config, workdir: str, stop: stopping.StopRequest,
       'device_kind': jax.devices()[0].device_kind,
       'config': config_json,
   }
+  if loop.last_minival is not None:
+    results['final_minival_accuracy'] = loop.last_minival['minival_accuracy']
+    results['final_minival_loss'] = loop.last_minival['minival_loss']
+  if loop.last_fewshot is not None:
+    results['fewshot'] = loop.last_fewshot
   if skip_nonfinite:
     results['skipped_steps'] = int(
         sum(r.get('skipped_steps', 0) for r in logged))
@@ -267,6 +272,7 @@ class _Loop:
     self.pending = []  # (first step, per-dispatch device metrics) to fetch.
     self.in_flight = collections.deque()
     self.best_acc, self.last_eval = 0.0, None
+    self.last_minival, self.last_fewshot = None, None
     self.eval_seconds = 0.0
     self.last_log = None  # (timed seconds, step) at the last log record.
     self.projected = False
@@ -340,6 +346,8 @@ class _Loop:
       self._projection()
     if (trainer.eval_every and step % trainer.eval_every == 0) or at_end:
       self._evaluate(record)
+    if trainer.fewshot and (step % trainer.fewshot_every == 0 or at_end):
+      self._evaluate_fewshot(record)
     if record:
       self.writer.write(step, record)
     every = config.checkpoint_every_steps
@@ -465,6 +473,34 @@ class _Loop:
                  f'{self.step:,}', result['eval_loss'],
                  _pct(result['eval_accuracy']),
                  f'{result["eval_examples"]:,}', seconds)
+    if self.trainer.minival is not None:
+      self.progress.pause(self.step)
+      t0 = time.time()
+      minival = {k.replace('eval_', 'minival_'): v for k, v in
+                 self.trainer.minival.evaluate(self.pstate.params).items()}
+      self.progress.resume()
+      self.eval_seconds += time.time() - t0
+      self.last_minival = minival
+      record.update(minival)
+      logging.info('step %s: minival loss %.4f, accuracy %s (%s examples)',
+                   f'{self.step:,}', minival['minival_loss'],
+                   _pct(minival['minival_accuracy']),
+                   f'{minival["minival_examples"]:,}')
+
+  def _evaluate_fewshot(self, record: Dict[str, Any]) -> None:
+    self._collect()
+    jax.block_until_ready(self.pstate.params)
+    self.progress.pause(self.step)
+    t0 = time.time()
+    result = self.trainer.fewshot.evaluate(self.pstate.params)
+    self.progress.resume()
+    self.eval_seconds += time.time() - t0
+    self.last_fewshot = result
+    record.update(result)
+    logging.info('step %s: few-shot linear accuracy %s (%.1f s)',
+                 f'{self.step:,}', ', '.join(
+                     f'{k.split("/", 1)[-1]} {_pct(v)}'
+                     for k, v in result.items()), time.time() - t0)
 
   def _save(self) -> None:
     self._collect()  # Never save a non-finite state.

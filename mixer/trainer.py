@@ -14,6 +14,7 @@ import numpy as np
 
 from mixer import data
 from mixer.evaluators import classification
+from mixer.evaluators import fewshot
 from mixer import models
 from mixer import optim
 from mixer import step as step_lib
@@ -93,9 +94,21 @@ class Trainer:
           f'{config.dataset!r} is stored at {self.info.image_shape[:2]}: use '
           "input_pipeline='host'")
     self.evaluator = classification.Evaluator(config, self.model,
-                                        self.info.num_classes,
-                                        stream=self.stream_eval,
-                                        num_examples=self.info.num_eval)
+                                              self.info.num_classes,
+                                              stream=self.stream_eval,
+                                              num_examples=self.info.num_eval)
+    self.minival = None
+    if config.get('minival_split'):
+      minival_config = config.copy_and_resolve_references()
+      with minival_config.unlocked():
+        minival_config.eval_split = config.minival_split
+      self.minival = classification.Evaluator(
+          minival_config, self.model, self.info.num_classes,
+          stream=self.stream_eval)
+    fs = fewshot.fewshot_config(config)
+    self.fewshot_every = int(fs.every_steps)
+    self.fewshot = (fewshot.FewShotEvaluator(config, self.model)
+                    if self.fewshot_every > 0 else None)
 
   def describe(self) -> List[str]:
     """What the run will do, in a few log lines (its size first)."""
@@ -112,7 +125,11 @@ class Trainer:
         + (f'; checkpoints every {c.checkpoint_every_steps:,} steps'
            if c.checkpoint_every_steps > 0 else '; checkpoints at the end')
         + (f' and every {c.checkpoint_every_minutes:g} minutes'
-           if c.get('checkpoint_every_minutes', 0) > 0 else ''),
+           if c.get('checkpoint_every_minutes', 0) > 0 else '')
+        + (f'; minival {c.minival_split!r} evaluated beside '
+           f'{c.eval_split!r}' if self.minival else '')
+        + (f'; few-shot evaluation every {self.fewshot_every:,} steps'
+           if self.fewshot else ''),
         f'Learning rate: {c.learning_rate:g}, linear warmup over '
         f'{self.warmup_steps:,} steps ({self.warmup_source}), then '
         f'{c.lr_schedule} to {c.get("lr_end", 0.0):g} at step '
@@ -182,7 +199,7 @@ class Trainer:
     """Steps in the next dispatch: never across a log/eval/save boundary."""
     k = max(int(self.config.steps_per_dispatch), 1)
     for every in (self.config.log_every_steps, self.eval_every,
-                  self.config.checkpoint_every_steps):
+                  self.config.checkpoint_every_steps, self.fewshot_every):
       if every and every > 0:
         k = min(k, every - step % every)
     return max(1, min(k, self.total_steps - step))

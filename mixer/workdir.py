@@ -50,6 +50,7 @@ RESUMABLE_FIELDS = (
     'checkpoint_every_steps', 'keep_checkpoints', 'steps_per_dispatch',
     'grad_accum_steps', 'input_pipeline', 'data_dir', 'eval_split',
     'eval_batch_size', 'skip_nonfinite_steps', 'checkpoint_every_minutes',
+    'minival_split', 'fewshot', 'skip_nonfinite_limit',
 )
 
 

@@ -170,7 +170,9 @@ def test_features_are_the_headless_model_and_resize(data_dir):
 
 def test_config_defaults_and_partial_fewshot_field():
   config = tiny_config()
-  assert 'fewshot' not in config
+  assert tuple(config.fewshot.shots) == (1, 5, 10, 25)
+  with config.unlocked():  # A config from before the field existed.
+    del config['fewshot']
   ev = fewshot.FewShotEvaluator(config, models.build_model(config.model))
   assert tuple(ev.fs.shots) == (1, 5, 10, 25) and ev.seeds == (0, 1, 2)
   # A partial `fewshot` field (e.g. from an older config.json) keeps the

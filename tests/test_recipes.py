@@ -84,8 +84,15 @@ def _shrink(config, data_dir):
   config.eval_every_steps = 0
   config.checkpoint_every_steps = 0
   config.shuffle_buffer = 16
+  # Few-shot on the real CIFAR-10 ($MIXER_DATA_DIR) instead of big_vision's
+  # datasets, which would need downloads: small but real.
+  config.fewshot.datasets = {'cifar10': ('cifar10', 'train[:2000]',
+                                         'test[:200]')}
+  config.fewshot.shots = (1, 2)
+  config.fewshot.num_seeds = 1
   if config.dataset == 'imagenet21k':
     config.train_split, config.eval_split = 'full[16:]', 'full[:8]'
+    config.minival_split = 'full[8:16]'
   else:
     config.eval_split = 'validation[:8]'
   return config
@@ -168,8 +175,11 @@ def test_schedule_matches_table4_at_key_steps(name, monkeypatch):
   assert lr(0) == 0.0
   assert lr(5_000) == pytest.approx(0.5e-3)
   assert lr(10_000) == pytest.approx(1e-3)
-  assert lr(10_000 + (total - 10_000) // 2) == pytest.approx(0.5e-3, rel=1e-4)
-  assert lr(total) == pytest.approx(0.0, abs=1e-12)
+  # Linear decay to big_vision's linear_end of 1e-5 at the last step.
+  assert c.lr_end == 1e-5
+  assert lr(10_000 + (total - 10_000) // 2) == pytest.approx(
+      (1e-3 + 1e-5) / 2, rel=1e-4)
+  assert lr(total) == pytest.approx(1e-5, rel=1e-6)
 
 
 def test_optimizer_decays_kernels_only():
@@ -218,8 +228,8 @@ def test_stochastic_depth_per_block_and_per_example(name, monkeypatch):
   calls = []
   original = models.drop_path
 
-  def record(x, rate, deterministic, rng):
-    y = original(x, rate, deterministic, rng)
+  def record(x, rate, deterministic, rng, scale=True):
+    y = original(x, rate, deterministic, rng, scale)
     if not deterministic:
       calls.append((rate, np.asarray(x), np.asarray(y)))
     return y
@@ -241,8 +251,9 @@ def test_stochastic_depth_per_block_and_per_example(name, monkeypatch):
     if rate == 0:
       np.testing.assert_array_equal(after, before)
       continue
-    kept = np.all(np.isclose(after, before / (1 - rate), rtol=1e-5),
-                  axis=(1, 2))
+    # big_vision's mask: kept branches are not rescaled.
+    assert c.model.stoch_depth_scale is False
+    kept = np.all(after == before, axis=(1, 2))
     gone = np.all(after == 0, axis=(1, 2))
     assert np.all(kept ^ gone)  # Whole examples, each kept or dropped.
     dropped.append(gone.mean())
@@ -292,7 +303,10 @@ def test_standin_reads_through_tfds_split_per_process(tfds_dir):
   c = _shrink(_config('imagenet2012_mixer_b16'), tfds_dir)
   assert ip.tfds_data_dir(c) == tfds_dir and ip.local_dir(c) is None
   info = ip.dataset_info(c)
-  assert (info.num_train, info.num_classes) == (64, 1000)
+  # train[:99%] of the 64 stand-in images; train[99%:] is the minival.
+  assert c.train_split == 'train[:99%]' and c.minival_split == 'train[99%:]'
+  assert (info.num_train, info.num_classes) == (63, 1000)
+  assert len(ip.load_split(c, c.minival_split)[1]) == 1
   # Each process reads its own disjoint share; together, the whole split.
   names = []
   for p in range(2):
@@ -398,9 +412,17 @@ def test_recipe_trains_end_to_end(name, tfds_dir, tmp_path, monkeypatch):
   result = train.train_and_evaluate(c, str(tmp_path))
   assert result['steps'] == 2 and result['eval_examples'] == 8
   assert np.isfinite(result['final_eval_loss'])
-  # A uniform-logit head over K classes: eval loss ~ log K.
-  assert result['final_eval_loss'] == pytest.approx(
-      np.log(c.model.num_classes), rel=0.05)
+  # The sigmoid loss of a head still near its init (kernel 0, bias b): each
+  # example pays -log sigmoid(b) for its class and -log(1 - sigmoid(b)) for
+  # each of the other K - 1.
+  assert c.loss == 'sigmoid' and not c.model.stoch_depth_scale
+  b, k = c.model.head_bias_init, c.model.num_classes
+  at_init = -np.log(1 / (1 + np.exp(-b))) - (k - 1) * np.log(
+      1 - 1 / (1 + np.exp(-b)))
+  assert result['final_eval_loss'] == pytest.approx(at_init, rel=0.05)
+  assert 0 <= result['final_minival_accuracy'] <= 1
+  assert set(result['fewshot']) == {'fewshot/cifar10_1shot',
+                                    'fewshot/cifar10_2shot'}
   assert ('tfds_train_dataset', (B, 224, 224, 3), np.uint8) in shapes
   assert ('tfds_eval_dataset', (B, 224, 224, 3), np.uint8) in shapes
   saved = json.loads((tmp_path / 'config.json').read_text())
@@ -411,3 +433,8 @@ def test_recipe_trains_end_to_end(name, tfds_dir, tmp_path, monkeypatch):
             (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   lrs = [r['learning_rate'] for r in logged if 'learning_rate' in r]
   assert lrs and all(np.isfinite(lrs))
+  # Minival beside val, and the few-shot accuracies, in the log.
+  last = logged[-1]
+  assert {'eval_accuracy', 'minival_accuracy', 'minival_loss',
+          'fewshot/cifar10_1shot', 'fewshot/cifar10_2shot'} <= set(last)
+  assert last['minival_examples'] == (1 if c.dataset == 'imagenet2012' else 8)

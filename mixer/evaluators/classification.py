@@ -16,25 +16,29 @@ import numpy as np
 
 from mixer import augment
 from mixer import data
+from mixer import losses
 from mixer import models
 
 
-def make_eval_step(model: models.MlpMixer, num_classes: int) -> Callable:
-  """`eval(params, batch) -> sums` of loss, correct and count over 'batch'."""
+def make_eval_step(model: models.MlpMixer, num_classes: int,
+                   loss: str = 'softmax') -> Callable:
+  """`eval(params, batch) -> sums` of loss, correct and count over 'batch'.
+
+  The loss is the run's training loss (`config.loss`) on one-hot labels,
+  as big_vision's classification evaluator computes it.
+  """
+  loss_fn = losses.per_example(loss)
 
   def eval_step(params, images, labels, mask):
     logits = model.apply({'params': params}, augment.normalize(images),
                          train=False)
-    onehot = jax.nn.one_hot(labels, num_classes)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-    loss = -jnp.sum(onehot * logp, axis=-1)
+    per_example = loss_fn(logits, jax.nn.one_hot(labels, num_classes))
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    return jax.lax.psum({'loss': jnp.sum(loss * mask),
+    return jax.lax.psum({'loss': jnp.sum(per_example * mask),
                          'correct': jnp.sum(correct * mask),
                          'count': jnp.sum(mask)}, 'batch')
 
   return eval_step
-
 
 
 # An evaluation longer than this logs its progress, every this often.
@@ -62,8 +66,9 @@ class Evaluator:
     self.num_devices = jax.local_device_count()
     self.process_index = jax.process_index()
     self.process_count = jax.process_count()
-    self.p_eval = jax.pmap(make_eval_step(model, num_classes),
-                           axis_name='batch')
+    self.p_eval = jax.pmap(
+        make_eval_step(model, num_classes, config.get('loss', 'softmax')),
+        axis_name='batch')
 
   def evaluate(self, params) -> Dict[str, float]:
     """Loss and accuracy over every eval example (padding masked out).

@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from configs import common
 from mixer import augment
 from mixer import data
 from mixer import models
@@ -61,25 +62,9 @@ WHITEN_EPS = 1e-5
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The few-shot fields (`config.fewshot`), with big_vision's defaults."""
-  c = ml_collections.ConfigDict()
-  # Run the few-shot evaluation every this many training steps; 0 = off.
-  c.every_steps = 0
-  # name -> (dataset, train split, test split). The dataset is looked up like
-  # `config.dataset` (`data_dir`, $MIXER_DATA_DIR/<dataset>/, else tfds);
-  # splits use tfds syntax ('train[:65000]').
-  c.datasets = {'cifar10': ('cifar10', 'train', 'test')}
-  c.shots = (1, 5, 10, 25)
-  c.l2_reg = 2.0 ** 10
-  c.num_seeds = 3  # Seeds seed .. seed + num_seeds - 1, accuracies averaged.
-  c.seed = 0
-  c.batch_size = 256  # Images per feature-extraction batch (one shape).
-  # Test examples used: the first num_test of each test split; <= 0 = all.
-  c.num_test = -1
-  # Where the few-shot datasets are: '' = the run's `config.data_dir` (then
-  # $MIXER_DATA_DIR/<dataset>/, then tfds).
-  c.data_dir = ''
-  return c
+  """The few-shot fields (`config.fewshot`) with big_vision's defaults,
+  defined once in `configs.common.fewshot_defaults`."""
+  return common.fewshot_defaults()
 
 
 def fewshot_config(config) -> ml_collections.ConfigDict:
@@ -296,9 +281,13 @@ def _dataset_config(config, dataset: str, data_dir: str):
   the run's class count never validates another dataset's labels)."""
   out = config.copy_and_resolve_references()
   with out.unlocked():
+    same = str(dataset).split(':')[0] == str(out.get('dataset', '')).split(
+        ':')[0]
     out.dataset = dataset
     if data_dir:
       out.data_dir = data_dir
+    elif not same:  # The run's data_dir holds the run's dataset, not this.
+      out.data_dir = ''
     if out.get('model') is not None and 'num_classes' in out.model:
       out.model.num_classes = 0
   return out
