@@ -367,9 +367,22 @@ def test_missing_folder_and_files(tmp_path, monkeypatch):
   _npz(tmp_path)
   with pytest.raises(ip.DataError, match=r'no test\.npz'):
     ip.load_split(make_config('cifar10', data_dir=tmp_path), 'test')
-  # MIXER_DATA_DIR without a folder for the dataset means tfds.
+  # MIXER_DATA_DIR is used or is an error naming it, never a silent tfds
+  # download: without a folder for the dataset, missing, or a file.
   monkeypatch.setenv('MIXER_DATA_DIR', str(tmp_path))
-  assert ip.local_dir(make_config('cifar10')) is None
+  with pytest.raises(ip.DataError, match=r'\$MIXER_DATA_DIR=.* has no '
+                     r'cifar10/ folder .*unset MIXER_DATA_DIR'):
+    ip.local_dir(make_config('cifar10'))
+  monkeypatch.setenv('MIXER_DATA_DIR', str(missing))
+  with pytest.raises(ip.DataError, match='does not exist'):
+    ip.dataset_info(make_config('cifar10'))
+  monkeypatch.setenv('MIXER_DATA_DIR', str(tmp_path / 'notes.txt'))
+  with pytest.raises(ip.DataError, match='is a file, not a folder'):
+    ip.load_split(make_config('cifar10'), 'train')
+  monkeypatch.delenv('MIXER_DATA_DIR')
+  with pytest.raises(ip.DataError, match=r'config.data_dir=.* is a file'):
+    ip.load_split(make_config('cifar10', data_dir=tmp_path / 'notes.txt'),
+                  'train')
 
 
 # -- tfds failures (simulated; never reaches the network) --------------------
@@ -378,7 +391,7 @@ def test_missing_folder_and_files(tmp_path, monkeypatch):
 def test_tfds_download_failure_is_one_line(tmp_path, monkeypatch):
   tfds = pytest.importorskip('tensorflow_datasets')
   requests = pytest.importorskip('requests')
-  monkeypatch.setenv('MIXER_DATA_DIR', str(tmp_path))  # No cifar10/ there.
+  monkeypatch.delenv('MIXER_DATA_DIR', raising=False)  # tfds by name.
 
   def failed_download(*args, **kwargs):
     del args, kwargs
@@ -413,7 +426,8 @@ def test_tfds_download_failure_is_one_line(tmp_path, monkeypatch):
 
 
 def test_tfds_not_installed(tmp_path, monkeypatch):
-  monkeypatch.setenv('MIXER_DATA_DIR', str(tmp_path))
+  del tmp_path
+  monkeypatch.delenv('MIXER_DATA_DIR', raising=False)  # tfds by name.
   monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)
   with pytest.raises(ip.DataError, match='tensorflow_datasets is not '
                      'installed.*MIXER_DATA_DIR'):
@@ -571,7 +585,8 @@ def test_streaming_path_from_local_arrays(tmp_path, tf):
 
 def test_tfds_paths_with_mocked_data(tmp_path, monkeypatch, tf):
   tfds = pytest.importorskip('tensorflow_datasets')
-  monkeypatch.setenv('MIXER_DATA_DIR', str(tmp_path))  # No local copies.
+  del tmp_path
+  monkeypatch.delenv('MIXER_DATA_DIR', raising=False)  # No local copies.
   ip.clear_cache()
   try:
     with tfds.testing.mock_data(num_examples=12,

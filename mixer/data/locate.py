@@ -9,9 +9,8 @@ import glob
 import os
 from typing import Optional
 
-from absl import logging
-
 from mixer.data import local
+from mixer.data.base import DataError
 from mixer.data.base import ENV_DATA_DIR
 from mixer.data.base import dataset_name
 
@@ -81,13 +80,23 @@ def local_dir(config) -> Optional[str]:
 
   `config.data_dir` wins when set (its `<dataset>/` subfolder is used when
   `data_dir` is a folder of datasets rather than a dataset folder); else
-  `$MIXER_DATA_DIR/<dataset>` if that folder exists; else None. None too when
-  that folder is a TFDS data dir (`tfds_data_dir`).
+  `$MIXER_DATA_DIR/<dataset>`; else None (tfds). None too when that folder
+  is a TFDS data dir (`tfds_data_dir`). A location the user set is used or
+  is an error, never silently replaced by a tfds download.
+
+  Raises:
+    DataError: `config.data_dir` is a file, or `$MIXER_DATA_DIR` is missing,
+      a file, or has no `<dataset>/` folder.
   """
   name = dataset_name(config)
+  data_dir = str(config.get('data_dir', '') or '')
+  if data_dir and os.path.isfile(os.path.expanduser(data_dir)):
+    raise DataError(f'config.data_dir={data_dir} is a file, not a folder; '
+                    f'point it at the folder holding {name!r} (or at a '
+                    'folder of datasets holding a '
+                    f'{name}/ folder)')
   if tfds_data_dir(config) is not None:
     return None
-  data_dir = str(config.get('data_dir', '') or '')
   if data_dir:
     data_dir = os.path.expanduser(data_dir)
     sub = os.path.join(data_dir, name)
@@ -95,13 +104,28 @@ def local_dir(config) -> Optional[str]:
       return sub
     return data_dir
   root = os.environ.get(ENV_DATA_DIR, '')
-  if root:
-    path = os.path.join(os.path.expanduser(root), name)
-    if os.path.isdir(path):
-      return path
-    logging.info('$%s=%s has no %s/ folder; using tfds.', ENV_DATA_DIR, root,
-                 name)
-  return None
+  if not root:
+    return None
+  expanded = os.path.expanduser(root)
+  unset = (f'or unset {ENV_DATA_DIR} to let tfds download {name!r}')
+  if not os.path.exists(expanded):
+    raise DataError(f'${ENV_DATA_DIR}={root} does not exist; point it at the '
+                    f'folder holding {name}/, {unset}')
+  if not os.path.isdir(expanded):
+    raise DataError(f'${ENV_DATA_DIR}={root} is a file, not a folder; point '
+                    f'it at the folder holding {name}/, {unset}')
+  path = os.path.join(expanded, name)
+  if os.path.isdir(path):
+    return path
+  try:
+    present = sorted(n + '/' for n in os.listdir(expanded)
+                     if os.path.isdir(os.path.join(expanded, n)))
+  except OSError:
+    present = []
+  has = f' (it has {", ".join(present[:8])})' if present else ' (it is empty)'
+  raise DataError(f'${ENV_DATA_DIR}={root} has no {name}/ folder{has}; put '
+                  f'{name!r} there, set config.data_dir to a copy of it, '
+                  f'{unset}')
 
 
 def _has_local_data(folder: str) -> bool:
