@@ -51,8 +51,12 @@ class CheckpointWriteError(OSError):
   """A checkpoint could not be written (disk full, permissions, ...).
 
   The message is one user-facing line naming the step, the cause and the
-  newest complete checkpoint, which stays restorable.
+  newest complete checkpoint, which stays restorable; `errno` is the cause's
+  (ENOSPC for a full disk).
   """
+
+  def __str__(self) -> str:  # Without OSError's '[Errno N] ' prefix.
+    return self.strerror or super().__str__()
 
 
 def checkpoint_dir(workdir: str) -> str:

@@ -276,6 +276,7 @@ class _Loop:
     self.eval_seconds = 0.0
     self.last_log = None  # (timed seconds, step) at the last log record.
     self.projected = False
+    self.first_dispatch_step = None  # Its own line says it is done.
     minutes = float(config.get('checkpoint_every_minutes', 0) or 0)
     self.save_every_seconds = minutes * 60 if minutes > 0 else None
     stop.fallback = self._fallback_message
@@ -309,6 +310,7 @@ class _Loop:
       while len(self.in_flight) > self._in_flight_limit():
         jax.block_until_ready(self.in_flight.popleft())
       if self.step - k == self.start_step:  # The first dispatch compiles.
+        self.first_dispatch_step = self.step
         jax.block_until_ready(m)
         self.progress.start(self.step)
         self._first_line(k, time.time() - t_first)
@@ -336,7 +338,9 @@ class _Loop:
       record.update(self.unlogged.record(self.skip_nonfinite))
       record['epoch'] = step / trainer.steps_per_epoch
       record['images_per_sec'] = self._interval_rate()
-    if log_step or (self.progress.due() and trainer.process_count == 1):
+    timed_line = (self.progress.due() and trainer.process_count == 1 and
+                  step != self.first_dispatch_step)
+    if log_step or timed_line:
       if not log_step:
         self._collect()
       shown = record if log_step else self.unlogged.peek()
@@ -438,10 +442,11 @@ class _Loop:
         self.config.log_every_steps, PROGRESS_EVERY_SECONDS)
 
   def _projection(self) -> None:
-    """Once, when the steps have been timed for a while: the projected
-    wall time of the rest of the run on this device."""
+    """Once, at the first progress line after the compiling dispatch (30 s
+    or `log_every_steps` of timing): the projected wall time of the rest of
+    the run on this device."""
     seconds, steps = self.progress.timed(self.step)
-    if self.projected or seconds < 5 or steps < 2 or \
+    if self.projected or seconds <= 0 or steps < 2 or \
         self.step >= self.trainer.total_steps:
       return
     self.projected = True

@@ -35,6 +35,7 @@ import ml_collections
 
 from mixer import checkpoints
 from mixer import devices
+from mixer import metrics
 
 
 class WorkdirError(ValueError):
@@ -342,9 +343,11 @@ def set_aside_previous_attempt(workdir: str) -> Optional[str]:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
+  """Writes `obj` as strict JSON (`metrics.dumps`: NaN/Inf become null and
+  are listed under `nonfinite`), replacing `path` atomically."""
   tmp = f'{path}.tmp-{os.getpid()}'
   with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2)
+    f.write(metrics.dumps(obj, indent=2))
   os.replace(tmp, path)
 
 

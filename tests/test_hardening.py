@@ -496,3 +496,67 @@ def test_cli_reports_run_errors_in_one_line(tmp_path, data_dir):
   assert len(lines) == 1 and 'holds a run with another config' in lines[0]
   assert 'batch_size (32 -> 64)' in lines[0]
   assert sorted(p.name for p in tmp_path.rglob('*')) == before
+
+
+def test_mostly_skipped_steps_stop_the_run(tmp_path, data_dir, monkeypatch):
+  # Every step from 3 on is non-finite: with skip_nonfinite_steps the run
+  # must not end "done" with 9 of 12 updates skipped.
+  train_batches = input_pipeline.train_batches
+  cross_entropy = step_lib.cross_entropy
+
+  def poisoned_cross_entropy(logits, soft_labels, label_smoothing=0.0):
+    loss = cross_entropy(logits, soft_labels, label_smoothing)
+    bad = jnp.any(jnp.sum(soft_labels, axis=-1) == 0)
+    return loss * jnp.where(bad, jnp.nan, 1.0)
+
+  def from_step_3(config, *, start_step=0, **kwargs):
+    for step, batch in enumerate(train_batches(config, start_step=start_step,
+                                               **kwargs), start_step + 1):
+      if step >= 3:
+        batch = dict(batch, label=np.full_like(batch['label'], -1))
+      yield batch
+
+  monkeypatch.setattr(step_lib, 'cross_entropy', poisoned_cross_entropy)
+  monkeypatch.setattr(input_pipeline, 'train_batches', from_step_3)
+  config = tiny_config(skip_nonfinite_steps=True, num_train_steps=40,
+                       log_every_steps=4, checkpoint_every_steps=2)
+  with pytest.raises(train.NonFiniteError) as e:
+    train.train_and_evaluate(config, str(tmp_path))
+  text = _one_line(e)
+  # Judged once 10 steps are in the window (checked at every collection,
+  # here each checkpoint, every 2 steps): steps 3 to 10 were skipped.
+  assert text.startswith('8 of the last 10 steps (up to step 10) were '
+                         'non-finite and skipped, more than '
+                         'config.skip_nonfinite_limit=0.5 of them')
+  assert 'the last checkpoint, step 8, is intact' in text
+  assert 'the run is diverging' in text and 'lower the learning rate' in text
+  assert not (tmp_path / 'results.json').exists()
+
+
+def test_results_and_metrics_are_strict_json(tmp_path, data_dir, monkeypatch):
+  # A NaN eval loss (a model whose weights are fine but whose eval is not)
+  # must still give files any JSON reader loads: null plus a note.
+  from mixer.evaluators import classification  # pylint: disable=g-import-not-at-top
+  evaluate = classification.Evaluator.evaluate
+
+  def nan_loss(self, params):
+    return dict(evaluate(self, params), eval_loss=float('nan'))
+
+  monkeypatch.setattr(classification.Evaluator, 'evaluate', nan_loss)
+  results = train.train_and_evaluate(
+      tiny_config(num_train_steps=2, warmup_steps=1, log_every_steps=1),
+      str(tmp_path))
+  assert results['usable'] is False
+
+  def refuse(constant):
+    raise AssertionError(f'non-strict JSON constant {constant}')
+
+  saved = json.loads((tmp_path / 'results.json').read_text(),
+                     parse_constant=refuse)
+  assert saved['final_eval_loss'] is None and saved['usable'] is False
+  assert saved['nonfinite'] == ['final_eval_loss']
+  last = [json.loads(line, parse_constant=refuse) for line in
+          (tmp_path / 'metrics.jsonl').read_text().splitlines()][-1]
+  assert last['eval_loss'] is None and last['nonfinite'] == ['eval_loss']
+  assert metrics.dumps({'a': float('inf'), 'b': [1.0, float('nan')]}) == (
+      '{"a": null, "b": [1.0, null], "nonfinite": ["a", "b[1]"]}')

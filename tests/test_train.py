@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import numpy as np
@@ -204,3 +205,42 @@ def test_variable_size_in_memory_data_streams_a_center_eval_crop(
   trainer = train.Trainer(tiny_config(**{'augment.eval_crop': eval_crop}))
   assert trainer.stream_eval == streams
   assert not trainer.stream_train
+
+
+def test_feedback_within_seconds_and_honest_throughput(tmp_path, data_dir,
+                                                       monkeypatch, caplog):
+  # A progress line right after the first (compiled) step, then one per
+  # PROGRESS_EVERY_SECONDS even between log steps (0 here: every dispatch);
+  # the run's size and its projected time; and an images/s that leaves
+  # evaluation out even when evaluation is slow.
+  from mixer.evaluators import classification  # pylint: disable=g-import-not-at-top
+  evaluate = classification.Evaluator.evaluate
+
+  def slow_eval(self, params):
+    time.sleep(1.5)
+    return evaluate(self, params)
+
+  monkeypatch.setattr(classification.Evaluator, 'evaluate', slow_eval)
+  monkeypatch.setattr(train, 'PROGRESS_EVERY_SECONDS', 0.0)
+  caplog.set_level('INFO')
+  results = train.train_and_evaluate(
+      tiny_config(num_train_steps=8, log_every_steps=100, eval_every_steps=4,
+                  checkpoint_every_steps=0, checkpoint_every_minutes=0),
+      str(tmp_path))
+  lines = [r.getMessage() for r in caplog.records]
+  run = [l for l in lines if l.startswith('Run: 8 steps')]
+  assert run and '(256 images) at global batch 32' in run[0]
+  first = [i for i, l in enumerate(lines) if
+           l.startswith('step 1/8: the first step done in ')]
+  assert first and 'compilation included' in lines[first[0]]
+  progress = [l for l in lines if l.startswith('step ') and 'img/s, ETA' in l]
+  # Steps 2..8 each get a line although log_every_steps is 100.
+  assert [l.split()[1] for l in progress] == [f'{s}/8' for s in range(2, 9)]
+  assert any(l.startswith('Projected wall time on this device') for l in
+             lines)
+  assert sum(1 for l in lines if 'eval loss' in l) == 2
+  assert results['eval_seconds'] >= 3.0
+  # Training seconds exclude both 1.5 s evaluations.
+  assert results['train_seconds'] < results['wall_seconds'] - 3.0
+  assert results['images_per_second'] == pytest.approx(
+      7 * 32 / results['train_seconds'], rel=1e-6)
