@@ -1,14 +1,22 @@
-"""Executes notebooks/mixer_colab.ipynb end to end on the CPU, tiny settings.
+"""Executes notebooks/mixer_colab.ipynb on the CPU, tiny settings, the way a
+user does on Colab: Run all, press stop while it trains, restart the runtime,
+Run all again, re-run cells.
 
-Every code cell runs (the install cell sees the importable project and skips
-itself) in a `python3` kernel of the test's own interpreter, with the
-repository root as working directory and the real CIFAR-10 from
-$MIXER_DATA_DIR. The parameters cell reads the MIXER_NOTEBOOK_* variables set
-here: a 32-wide, 1-block Mixer, batch 64, 500 test images, 10 baseline steps
-and one sweep run (patch 8) of 10 steps.
+Every code cell runs in a `python3` kernel of the test's own interpreter,
+started in a scratch folder (as Colab starts in /content): the install cell
+sees the importable project (this checkout, first on PYTHONPATH), skips the
+install and changes into the repository. The parameters cell reads the
+MIXER_NOTEBOOK_* variables set here: a 32-wide, 1-block Mixer, batch 64, 500
+test images, STEPS baseline steps and one sweep run (patch 8) of 10 steps,
+with the real CIFAR-10 from $MIXER_DATA_DIR.
 """
 
+import asyncio
+import os
 import pathlib
+import re
+import threading
+import time
 
 import pytest
 
@@ -22,46 +30,171 @@ TINY_OVERRIDES = ';'.join([
     'model.hidden_dim=32', 'model.num_blocks=1', 'model.tokens_mlp_dim=16',
     'model.channels_mlp_dim=64', 'batch_size=64', 'warmup_steps=2',
     'eval_split=test[:500]', 'eval_batch_size=250'])
+# Long enough that the stop lands while it trains (the first record is
+# logged at step 10), short enough for a test.
+STEPS = 100
 
 
-def test_notebook_runs_with_tiny_settings(tmp_path, data_dir, monkeypatch):
+class Session:
+  """One kernel running the notebook's cells (and extra cells) in order."""
+
+  def __init__(self, cwd: pathlib.Path):
+    self.nb = nbformat.read(str(NOTEBOOK), as_version=4)
+    self.client = nbclient.NotebookClient(
+        self.nb, kernel_name='python3', timeout=180,
+        resources={'metadata': {'path': str(cwd)}})
+    self.cells = []  # Every cell run, in order.
+
+  def __enter__(self):
+    self._kernel = self.client.setup_kernel()
+    self._kernel.__enter__()
+    return self
+
+  def __exit__(self, *exc):
+    return self._kernel.__exit__(*exc)
+
+  def run(self, cell, index=None):
+    """Runs one cell (a notebook cell or source text); returns the cell."""
+    if isinstance(cell, str):
+      cell = nbformat.v4.new_code_cell(cell)
+      self.nb.cells.append(cell)
+      index = len(self.nb.cells) - 1
+    self.cells.append(cell)
+    self.client.execute_cell(cell, index)
+    return cell
+
+  def run_all(self):
+    for i, cell in enumerate(self.nb.cells):
+      if cell.cell_type == 'code':
+        self.run(cell, i)
+
+  def code_cell(self, marker: str):
+    """The notebook's code cell whose source contains `marker`."""
+    found = [c for c in self.nb.cells
+             if c.cell_type == 'code' and marker in c.source]
+    assert len(found) == 1, marker
+    return found[0], self.nb.cells.index(found[0])
+
+  def interrupt(self):
+    """What Colab's stop button does: interrupt the kernel (SIGINT)."""
+    asyncio.run(self.client.km.interrupt_kernel())  # An async manager.
+
+
+def text(*cells) -> str:
+  return '\n'.join(o.get('text', '') for c in cells for o in c.outputs
+                   if o.get('output_type') == 'stream')
+
+
+def images(cells) -> int:
+  return sum('image/png' in o.get('data', {}) for c in cells
+             for o in c.outputs)
+
+
+def errors(cells):
+  return [f"{o['ename']}: {o['evalue']}" for c in cells for o in c.outputs
+          if o.get('output_type') == 'error']
+
+
+def saved_steps(run_dir: pathlib.Path):
+  ckpt = run_dir / 'checkpoints'
+  return sorted(int(p.name) for p in ckpt.iterdir()
+                if p.name.isdigit()) if ckpt.is_dir() else []
+
+
+def test_notebook_stop_restart_rerun(tmp_path, data_dir, monkeypatch):
   if not (REPO / 'mixer' / 'data' / '__init__.py').exists():
     pytest.skip('the input pipeline is not in this checkout yet')
   workdir = tmp_path / 'notebook'
+  cwd = tmp_path / 'content'  # Where the kernel starts, like Colab's /content.
+  cwd.mkdir()
   for key, value in {
       'MIXER_DATA_DIR': str(data_dir),
-      'MIXER_NOTEBOOK_STEPS': '10',
+      'MIXER_NOTEBOOK_STEPS': str(STEPS),
       'MIXER_NOTEBOOK_SWEEP_STEPS': '10',
       'MIXER_NOTEBOOK_OVERRIDES': TINY_OVERRIDES,
-      'MIXER_NOTEBOOK_SWEEP': 'configs/sweeps/patch_size.py',
+      'MIXER_NOTEBOOK_SWEEP': 'configs/sweeps/patch_size.py',  # Relative.
       'MIXER_NOTEBOOK_SWEEP_ONLY': 'patch8x8',
       'MIXER_NOTEBOOK_WORKDIR': str(workdir),
-      'MIXER_NOTEBOOK_POLL_SECONDS': '1',
+      'MIXER_NOTEBOOK_POLL_SECONDS': '0.2',
+      'PYTHONPATH': os.pathsep.join(
+          [str(REPO)] + [p for p in [os.environ.get('PYTHONPATH')] if p]),
   }.items():
     monkeypatch.setenv(key, value)  # The kernel inherits the environment.
-
-  nb = nbformat.read(str(NOTEBOOK), as_version=4)
-  client = nbclient.NotebookClient(
-      nb, kernel_name='python3', timeout=180,
-      resources={'metadata': {'path': str(REPO)}})
-  client.execute()
-
-  outputs = {i: c.get('outputs', []) for i, c in enumerate(nb.cells)
-             if c.cell_type == 'code'}
-  assert all(c.get('execution_count') for c in nb.cells
-             if c.cell_type == 'code')
-  text = '\n'.join(o.get('text', '') for outs in outputs.values()
-                   for o in outs if o.get('output_type') == 'stream')
-  assert 'nothing to install' in text
-  assert 'local cpu device' in text
-  images = [o for outs in outputs.values() for o in outs
-            if 'image/png' in o.get('data', {})]
-  assert len(images) == 2  # Baseline curves, sweep curves.
-
   run_dir = workdir / 'train' / 'cifar10_baseline'
-  assert (run_dir / 'results.json').exists()
-  assert (run_dir / 'metrics.jsonl').read_text().count('\n') >= 2
   sweep_dir = workdir / 'patch_size'
+
+  # 1. Run all; press stop once training has logged its first step.
+  with Session(cwd) as s:
+    def press_stop():
+      deadline = time.time() + 150
+      while time.time() < deadline:
+        metrics = run_dir / 'metrics.jsonl'
+        if metrics.exists() and metrics.read_text().count('\n') >= 1:
+          s.interrupt()
+          return
+        time.sleep(0.05)
+    presser = threading.Thread(target=press_stop, daemon=True)
+    presser.start()
+    s.run_all()
+    presser.join()
+  out = text(*s.cells)
+  assert errors(s.cells) == []  # The stop returns cleanly.
+  assert f'mixer is importable from {REPO}; nothing to install' in out
+  assert f'Working directory: {REPO}' in out
+  assert 'local cpu device' in out
+  assert 'Stop requested' in out
+  stopped = re.search(r'stopped at step ([\d,]+) .*checkpoint', out)
+  assert stopped, out  # The thread's Interrupted message.
+  step = int(stopped.group(1).replace(',', ''))
+  assert 0 < step < STEPS and saved_steps(run_dir) == [step]
+  assert not (run_dir / 'results.json').exists()
+  assert 'No results: the training was stopped' in out
+  assert 'Not starting the sweep' in out  # Run all goes on, starts nothing.
+  assert not sweep_dir.exists() and images(s.cells) == 0
+
+  # 2. A new kernel (a runtime restart), Run all: resumes and finishes.
+  with Session(cwd) as s:
+    s.run_all()
+    out = text(*s.cells)
+    assert errors(s.cells) == [], out
+    assert f'Working directory: {REPO}' in out
+    assert f'resumed_from_step: {step}' in out
+    assert f'steps: {STEPS}' in out
+    assert images(s.cells) == 2  # Baseline curves, sweep curves.
+    assert '1 runs, 0 failed' in out
+
+    # 3. Same kernel, re-run the training cell: the finished run
+    # re-evaluates; re-run the sweep cell: its run is skipped.
+    train_cell, train_index = s.code_cell('train_and_evaluate(config,')
+    sweep_cell, sweep_index = s.code_cell('just_stopped()\n')
+    rerun = [s.run(train_cell, train_index), s.run(sweep_cell, sweep_index)]
+    out = text(*rerun)
+    assert errors(rerun) == [], out
+    assert 'finished in' in out and '1 runs, 0 failed' in out
+
+    # 4. The training cell re-run while this kernel's run is still alive:
+    # the same run is reattached, never started twice.
+    s.run("JOB = Job(('training', run_dir, config.to_json_best_effort()),\n"
+          "          lambda: (time.sleep(1.5), 'the live run')[1])\n"
+          'JOB.thread.start()')
+    cell = s.run(train_cell, train_index)
+    assert 'reattaching to it' in text(cell)
+    assert errors([cell]) == []
+    s.run("assert results == 'the live run', results")
+    # Another run alive (a sweep): stopped first, then the training runs.
+    s.run("JOB = Job(('sweep', sweep_dir, ''), lambda: STOP.wait(60))\n"
+          'JOB.thread.start()')
+    cell = s.run(train_cell, train_index)
+    assert 'stopping it first' in text(cell) and 'finished in' in text(cell)
+    assert errors([cell]) == []
+    # An error in the thread is raised in the cell.
+    with pytest.raises(nbclient.exceptions.CellExecutionError,
+                       match='ZeroDivisionError'):
+      s.run("run_with_live_view(('test', 'x', ''), lambda: 1 / 0, str)")
+
+  results = (run_dir / 'results.json').read_text()
+  assert f'"resumed_from_step": {STEPS}' in results  # The re-evaluation.
+  assert (run_dir / 'metrics.jsonl').read_text().count('\n') >= 2
   summary = (sweep_dir / 'summary.md').read_text()
   assert '| patch8x8 | 8x8 |' in summary
   assert '| patch2x2 | 2x2 |' in summary and '| patch4x4 | 4x4 |' in summary
