@@ -15,17 +15,30 @@ is 1 if any run failed.
 After every run `<workdir>/summary.md`, `summary.csv` and `curves.png` are
 rewritten (see `mixer/report.py`), so they are current while the sweep runs.
 
+A relative `--sweep` path is looked up in the current directory, then in the
+repository root (the folder holding this file), so the shipped
+`configs/sweeps/...` work from anywhere; the log says when the latter was
+used. `--dry_run` lists the runs with their varied fields and the `--set`
+overrides, training nothing.
+
+Errors follow the CLI contract of `mixer.cli`: a bad sweep file, `--set` item
+or flag prints one line `error: ...` naming it and the fix, exit status 1
+(`--debug` shows the traceback). Ctrl-C saves the current run's step and
+stops the sweep (exit status 130; the same command continues it).
+
 On several hosts, start the same command on each with a workdir they all
 see: every process trains the same runs in the same order (process 0 writes
 the files), so they must agree on which runs are already done.
 """
+
+from mixer import cli  # pylint: disable=g-bad-import-order  (before JAX/TF)
 
 import json
 import os
 import sys
 import time
 import traceback
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -33,6 +46,10 @@ from absl import logging
 
 from mixer import report
 from mixer import sweeps
+
+# The repository root: relative --sweep paths not found in the current
+# directory are looked up here.
+REPO = os.path.dirname(os.path.abspath(__file__))
 
 _SWEEP = None
 _WORKDIR = None
@@ -136,17 +153,38 @@ def train_one(r: sweeps.Run, run_dir: str, *,
   return {'name': r.name, 'status': 'done'}
 
 
+def load_runs(sweep_file: str, global_overrides: Mapping[str, Any],
+              set_texts: Optional[Mapping[str, str]] = None
+              ) -> List[sweeps.Run]:
+  """The sweep file's runs with the global overrides applied.
+
+  Raises:
+    sweeps.SweepError: one line naming the sweep file or the `--set` item
+      at fault and the fix.
+  """
+  runs = sweeps.load_sweep(sweep_file, root=REPO)
+  return sweeps.apply_global_overrides(runs, global_overrides, set_texts)
+
+
 def run_sweep(sweep_file: str, workdir: str, *,
               global_overrides: Optional[Dict[str, Any]] = None,
-              only: Sequence[str] = ()) -> List[Dict[str, Any]]:
-  """Trains every run of `sweep_file` in `workdir`; returns their outcomes."""
+              only: Sequence[str] = (),
+              set_texts: Optional[Mapping[str, str]] = None
+              ) -> List[Dict[str, Any]]:
+  """Trains every run of `sweep_file` in `workdir`; returns their outcomes.
+
+  A run that fails is recorded (`<run>/error.txt`) and the sweep goes on.
+  Ctrl-C (`mixer.stopping.Interrupted`, raised by the run after it saved
+  its step) stops the sweep: the summary is rewritten and the interrupt
+  raised again with the sweep's position in its message; the run is not
+  recorded as failed.
+  """
   global_overrides = dict(global_overrides or {})
-  runs = [sweeps.with_overrides(r, global_overrides)
-          for r in sweeps.load_sweep(sweep_file)]
+  runs = load_runs(sweep_file, global_overrides, set_texts)
   unknown = set(only) - {r.name for r in runs}
   if unknown:
     raise ValueError(f'--only names no run of the sweep: {sorted(unknown)}; '
-                     f'runs: {[r.name for r in runs]}')
+                     f'give names from: {", ".join(r.name for r in runs)}')
   chief = _is_chief()
   if chief:
     os.makedirs(workdir, exist_ok=True)
@@ -156,7 +194,22 @@ def run_sweep(sweep_file: str, workdir: str, *,
   todo = [r for r in runs if not only or r.name in only]
   for i, r in enumerate(todo):
     logging.info('=== run %d/%d: %s', i + 1, len(todo), r.name)
-    outcomes.append(train_one(r, os.path.join(workdir, r.name), chief=chief))
+    try:
+      outcomes.append(train_one(r, os.path.join(workdir, r.name),
+                                chief=chief))
+    except KeyboardInterrupt as e:
+      if chief:
+        _report(workdir)
+      what = ' '.join(str(e).split()) or (
+          'interrupted before the run saved a new step; run the same '
+          'command again to continue the sweep')
+      message = (f'sweep stopped during run {r.name} ({i + 1}/{len(todo)}): '
+                 f'{what}')
+      try:
+        stopped = type(e)(message)
+      except TypeError:
+        stopped = KeyboardInterrupt(message)
+      raise stopped from e
     if chief:
       _report(workdir)
   return outcomes
@@ -178,16 +231,27 @@ def _report(workdir: str) -> None:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])} '
+                         '(sweep.py takes only flags, e.g. --sweep=... '
+                         '--workdir=...)')
   logging.set_verbosity(logging.INFO)
+  sweep_file, note = sweeps.resolve_sweep_file(_SWEEP.value, REPO)
+  if note:
+    logging.info('%s', note)
   overrides = sweeps.parse_assignments(_SET.value)
+  texts = sweeps.assignment_texts(_SET.value)
   if _DRY_RUN.value:
-    for r in sweeps.load_sweep(_SWEEP.value):
-      r = sweeps.with_overrides(r, overrides)
-      print(f'{r.name}: {json.dumps(r.fields(), default=str)}')
+    runs = load_runs(sweep_file, overrides, texts)
+    if overrides:
+      print('--set (every run): '
+            f'{json.dumps(sweeps.jsonable(overrides), default=str)}')
+    for r in runs:
+      fields = sweeps.shown_fields(r, overrides)
+      print(f'{r.name}: {json.dumps(fields, default=str)}')
     return
-  outcomes = run_sweep(_SWEEP.value, _WORKDIR.value,
-                       global_overrides=overrides, only=_ONLY.value)
+  outcomes = run_sweep(sweep_file, _WORKDIR.value,
+                       global_overrides=overrides, only=_ONLY.value,
+                       set_texts=texts)
   failed = [o for o in outcomes if o['status'] == 'failed']
   print(f'sweep: {len(outcomes)} runs, '
         f'{sum(o["status"] == "done" for o in outcomes)} trained, '
@@ -205,5 +269,6 @@ if __name__ == '__main__':
   flags.mark_flags_as_required(['sweep'])
   flags.register_multi_flags_validator(
       ['workdir', 'dry_run'], lambda f: bool(f['workdir']) or f['dry_run'],
-      message='--workdir is required unless --dry_run')
-  app.run(main)
+      message='--workdir is required unless --dry_run: pass --workdir= the '
+      'folder that will hold one sub-folder per run')
+  cli.run(main)

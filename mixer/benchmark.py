@@ -15,11 +15,16 @@ one JSON line:
     python -m mixer.benchmark --config=configs/mixer_b16.py --batch_size=256
 
 `benchmarks/timm_peer.py` prints the same fields for timm's MlpMixer.
+Errors follow the CLI contract of `mixer.cli`: one `error:` line naming the
+input and the fix, exit status 1 (`--debug` shows the traceback).
 """
+
+if __name__ == '__main__':
+  # The CLI contract: imported before JAX (quiet C++ start-up logging).
+  from mixer import cli  # pylint: disable=g-import-not-at-top
 
 import json
 import statistics
-import sys
 import time
 from typing import Any, Dict
 
@@ -35,6 +40,8 @@ from mixer import models
 from mixer import optim
 from mixer import devices
 from mixer import step as step_lib
+
+DTYPES = ('bfloat16', 'float32', 'float16')
 
 _CONFIG = None
 _BATCH = None
@@ -88,7 +95,20 @@ def measure_peak_tflops(n: int = 0) -> float:
 def run(config, *, batch_size: int, dtype: str, steps: int, repeats: int,
         steps_per_dispatch: int = 1, peak_matmul_size: int = 0
         ) -> Dict[str, Any]:
-  """Benchmarks the train step; returns the JSON record."""
+  """Benchmarks the train step; returns the JSON record.
+
+  Raises:
+    ValueError: one line naming the argument (flag) that cannot be used.
+  """
+  for name, value, least in (('batch_size', batch_size, 1),
+                             ('steps', steps, 1), ('repeats', repeats, 1),
+                             ('steps_per_dispatch', steps_per_dispatch, 1),
+                             ('peak_matmul_size', peak_matmul_size, 0)):
+    if int(value) < least:
+      raise ValueError(f'--{name} must be at least {least}, got {value}')
+  if dtype not in DTYPES:
+    raise ValueError(f'--dtype must be one of {", ".join(DTYPES)}, got '
+                     f'{dtype!r}')
   config = config.copy_and_resolve_references()
   config.model.dtype = dtype
   n_dev = jax.local_device_count()
@@ -175,21 +195,19 @@ def _without_init_checkpoint(config):
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])} '
+                         '(mixer.benchmark takes only flags)')
   config = _CONFIG.value
-  try:
-    record = run(config, batch_size=_BATCH.value or config.batch_size,
-                 dtype=_DTYPE.value, steps=_STEPS.value,
-                 repeats=_REPEATS.value,
-                 steps_per_dispatch=_PER_DISPATCH.value,
-                 peak_matmul_size=_PEAK_N.value)
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  batch_size = (config.batch_size if _BATCH.value is None else _BATCH.value)
+  record = run(config, batch_size=batch_size,
+               dtype=_DTYPE.value, steps=_STEPS.value,
+               repeats=_REPEATS.value,
+               steps_per_dispatch=_PER_DISPATCH.value,
+               peak_matmul_size=_PEAK_N.value)
   print(json.dumps(record))
 
 
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run(main)

@@ -6,13 +6,19 @@ workdir) prints one line `error: <what is wrong and how to fix it>` on stderr
 and exits with status 1; the traceback appears only with `--debug` (or
 MIXER_DEBUG=1). An unexpected exception (a bug) is one line too, saying so.
 Ctrl-C exits with status 130 and one line (`interrupted`, or what the
-training loop saved and how to resume).
+training loop saved and how to resume). A config file that does not load
+(missing, a syntax error, no get_config(), get_config() raising) is one line
+naming the file; `warn` prints one `warning: ...` line for a run that goes on.
 
 The console shows the project's own log lines. Libraries' INFO chatter
 (orbax's ~15 lines per checkpoint, JAX's libtpu probe, TensorFlow's C++
 start-up messages, clu's echo of every metric) is dropped, and their
 warnings and errors are shown as one line without a traceback; `--debug` or
-`--verbosity=1` shows everything as the libraries logged it.
+`--verbosity=1` shows everything as the libraries logged it. The echoes of
+orbax's concurrent reads of a damaged checkpoint (asyncio's "Event loop is
+closed" tracebacks and "exception was never retrieved" lines, printed after
+the restore has already failed with its own error) are dropped as well; see
+`quiet_closed_loop_errors`.
 
 Import this module before JAX or TensorFlow: it sets the environment
 variables that silence their C++ start-up logging (unless --debug is given).
@@ -22,7 +28,8 @@ import logging as std_logging
 import os
 import re
 import sys
-from typing import Callable, Optional, Sequence
+import traceback
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -77,6 +84,11 @@ def fail(message, status: int = 1):
   sys.exit(status)
 
 
+def warn(message) -> None:
+  """Prints `warning: <message>` (one line) on stderr; the run goes on."""
+  print(f'warning: {one_line(message)}', file=sys.stderr, flush=True)
+
+
 def _is_project(record: std_logging.LogRecord) -> bool:
   path = os.path.abspath(record.pathname or '')
   return path.startswith(_PROJECT_PARTS) or path in _PROJECT_FILES
@@ -90,6 +102,12 @@ class QuietLibraries(std_logging.Filter):
     if _is_project(record):
       return True
     if record.levelno < std_logging.WARNING:
+      return False
+    if record.name == 'asyncio' and 'exception was never retrieved' in str(
+        record.msg):
+      # Orbax's concurrent reads of a damaged checkpoint: the first failure
+      # is raised (and reported); the other reads' failures are left in
+      # futures nobody awaits, which asyncio logs when they are collected.
       return False
     if '/orbax/' in (record.pathname or '') and \
         record.levelno < std_logging.ERROR:
@@ -137,20 +155,119 @@ def _override_error(e: BaseException, argv: Sequence[str]) -> str:
   return message + (f'; did you mean {hint.group(1)!r}?' if hint else '')
 
 
+def _config_files(argv: Sequence[str]) -> List[Tuple[str, str]]:
+  """[(flag name, config file path)] of the config-file flags in `argv`
+  (`--config=configs/x.py:arg` gives ('config', 'configs/x.py'))."""
+  from ml_collections.config_flags import config_flags as cf  # pylint: disable=g-import-not-at-top
+  names = [name for name in flags.FLAGS
+           if isinstance(flags.FLAGS[name].parser, cf.ConfigFileFlagParser)]
+  found = []
+  args = list(argv[1:])
+  for i, arg in enumerate(args):
+    for name in names:
+      m = re.match(rf'^--?{re.escape(name)}(=(.*))?$', arg)
+      if m:
+        value = m.group(2) if m.group(1) else (
+            args[i + 1] if i + 1 < len(args) else '')
+        found.append((name, value.split(':', 1)[0]))
+  return found
+
+
+def _frame_in(tb_or_text, path: str) -> Optional[int]:
+  """The last line number of `path` in a traceback (object or text)."""
+  target = os.path.abspath(path)
+  if isinstance(tb_or_text, str):
+    lines = [int(n) for f, n in re.findall(r'File "([^"]+)", line (\d+)',
+                                           tb_or_text)
+             if os.path.abspath(f) == target]
+  else:
+    lines = [f.lineno for f in traceback.extract_tb(tb_or_text)
+             if os.path.abspath(f.filename) == target]
+  return lines[-1] if lines else None
+
+
+def _config_file_error(e: Optional[BaseException],
+                       argv: Sequence[str]) -> Optional[str]:
+  """One line for a config file that does not load (missing, a syntax
+  error, no get_config(), get_config() raising), naming the file and the
+  fix; None when the problem is not the file itself."""
+  files = _config_files(argv)
+  if not files:
+    return None
+  # A file that was not found is kept as an error object by ml_collections
+  # and raised on first use (or while applying --config.<field> overrides).
+  for name, path in files:
+    value = flags.FLAGS[name].value
+    missing = type(value).__name__ == '_ErrorConfig'
+    if missing or (e is not None and 'earlier failure to load' in str(e)):
+      where = ('' if os.path.isabs(path) else
+               f' (relative to the current directory {os.getcwd()})')
+      return (f'config file {path} not found{where}: give --{name}= the path '
+              'of an experiment config file, e.g. '
+              f'--{name}=configs/cifar10_baseline.py from the repository root')
+  if e is None:
+    return None
+  name, path = files[-1]
+  if isinstance(e, SyntaxError) and e.filename and \
+      os.path.abspath(e.filename) == os.path.abspath(path):
+    return (f'config file {path} has a syntax error at line {e.lineno}: '
+            f'{e.msg}; fix the file')
+  text = str(e)
+  if 'Error whilst parsing config file' in text:
+    last = [l for l in text.strip().splitlines() if l.strip()][-1].strip()
+    line = _frame_in(text, path)
+    at = f' (line {line})' if line else ''
+    return (f'config file {path}: get_config() raised {last}{at}; fix the '
+            f'file or the argument after ":" in --{name}')
+  if isinstance(e, AttributeError) and "attribute 'get_config'" in text:
+    return (f'config file {path} defines no get_config(); add a function '
+            'get_config() returning an ml_collections.ConfigDict')
+  line = _frame_in(e.__traceback__, path)
+  if line is not None:
+    return (f'config file {path} failed to load: {type(e).__name__}: {e} '
+            f'(line {line}); fix the file')
+  return None
+
+
+def _flag_error(e: flags.Error) -> str:
+  """absl's message, with a missing required flag said plainly."""
+  text = str(e)
+  m = re.match(r'^flag --(\w+)=None: Flag --\w+ must have a value other '
+               r'than None\.?$', text.strip())
+  if m:
+    return (f'--{m.group(1)} is required: pass --{m.group(1)}=... '
+            '(--helpshort lists the flags)')
+  if 'invalid literal for int()' in text:
+    return text + '; give an integer'
+  if 'could not convert string to float' in text:
+    return text + '; give a number'
+  return text
+
+
 def parse_flags(argv: Sequence[str]):
   """absl's flag parsing with every error (a bad flag value, a missing
   required flag, an unknown or mistyped `--config.<field>`, a config file
   that does not load) as one `error:` line."""
   try:
-    return flags.FLAGS(argv)
+    parsed = flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except
     if debug_requested(argv):
       raise
+    problem = _config_file_error(e, argv)
+    if problem:
+      fail(problem)
     if isinstance(e, flags.Error):
-      fail(str(e))
+      fail(_flag_error(e))
     if isinstance(e, (AttributeError, KeyError)):
       fail(_override_error(e, argv))
     fail(f'{type(e).__name__}: {e}')
+  problem = _config_file_error(None, argv)
+  if problem:  # A missing file: ml_collections would raise on first use.
+    if debug_requested(argv):
+      for name, _ in _config_files(argv):
+        getattr(flags.FLAGS[name].value, 'lock', None)  # Raises its error.
+    fail(problem)
+  return parsed
 
 
 def describe_exception(e: BaseException) -> str:
@@ -162,11 +279,50 @@ def describe_exception(e: BaseException) -> str:
           '--debug shows the traceback)')
 
 
+def _is_closed_loop_noise(unraisable) -> bool:
+  """Whether an unraisable exception is asyncio's 'Event loop is closed'
+  from `call_soon_threadsafe`.
+
+  Orbax reads a checkpoint's arrays concurrently (`asyncio.gather` over
+  TensorStore reads) in an event loop of its own, which it closes as soon
+  as the restore returns or raises. When one read fails (a damaged or
+  truncated file), the exception leaves `gather` while the other reads are
+  still in flight; each of them then completes on a TensorStore thread and
+  tries to wake the closed loop, and Python prints that RuntimeError with a
+  traceback through `sys.unraisablehook`, once per read, after the real
+  error has been reported. Nothing is lost by dropping them: the restore
+  already failed with its own error.
+  """
+  exc = unraisable.exc_value
+  if not (isinstance(exc, RuntimeError) and
+          str(exc) == 'Event loop is closed'):
+    return False
+  frames = traceback.extract_tb(unraisable.exc_traceback)
+  return any(f.name == 'call_soon_threadsafe' for f in frames)
+
+
+def quiet_closed_loop_errors() -> None:
+  """Installs a `sys.unraisablehook` that drops `_is_closed_loop_noise`
+  (everything else goes to the previous hook)."""
+  previous = sys.unraisablehook
+  if getattr(previous, '_mixer_quiet', False):
+    return
+
+  def hook(unraisable):
+    if not _is_closed_loop_noise(unraisable):
+      previous(unraisable)
+
+  hook._mixer_quiet = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
+
+
 def run(main: Callable[[Sequence[str]], None]) -> None:
   """`app.run(main)` with the contract above."""
 
   def wrapped(argv):
     configure_logging()
+    if not debug_requested():
+      quiet_closed_loop_errors()
     try:
       main(argv)
     except app.UsageError as e:

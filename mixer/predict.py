@@ -3,10 +3,15 @@ r"""Top-5 predictions of a trained or official Mixer for image files.
     python -m mixer.predict --config=configs/finetune.py:B_16,cifar10 \
         --checkpoint=workdirs/b16_cifar10 cat.jpg dog.png
 
+    python -m mixer.predict --checkpoint=workdirs/baseline cat.jpg
+
 `--checkpoint` is an official `.npz` or one of this project's orbax
 checkpoints (workdir, its `checkpoints/` folder or a step folder); its
 parameters must fit `config.model` exactly (no head re-initialisation here:
-that would make the predictions meaningless). Each image is read with PIL,
+that would make the predictions meaningless). For an orbax checkpoint the
+run's own `config.json` (in the workdir) is used, so `--config` is needed
+only for an `.npz`; given both, a `--config` whose model differs from the
+run's is ignored with one warning line. Each image is read with PIL,
 converted to `config.channels`, brought to `config.image_size` (see
 `load_image`) and normalised like the training loop's evaluation (`mixer.augment.normalize`,
 x / 127.5 - 1). Class names come from the input pipeline's metadata (never
@@ -18,13 +23,18 @@ loading or downloading a dataset), else 'class N'. Output, per image::
       ...
 
 Any bad input (checkpoint, image, config) prints one `error: ...` line on
-stderr and exits with status 1.
+stderr and exits with status 1 (the CLI contract of `mixer.cli`; `--debug`
+shows the traceback).
 """
 
-import sys
+if __name__ == '__main__':
+  # The CLI contract: imported before JAX (quiet C++ start-up logging).
+  from mixer import cli  # pylint: disable=g-import-not-at-top
+
+import os
+import zipfile
 from typing import List, Sequence, Tuple
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
@@ -32,10 +42,12 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from mixer import checkpoints
 from mixer import data
 from mixer import models
 from mixer import params as params_lib
 from mixer import pretrained
+from mixer import workdir as workdir_lib
 from mixer.augment import normalize
 
 _CONFIG = None
@@ -48,7 +60,8 @@ def define_flags():
   importing this module next to other CLIs never redefines a flag)."""
   global _CONFIG, _CHECKPOINT, _TOP_K
   _CONFIG = config_flags.DEFINE_config_file(
-      'config', None, 'Config file the checkpoint was trained with.',
+      'config', None, 'Config file the checkpoint was trained with (default '
+      'for an orbax checkpoint: the config.json of its run).',
       lock_config=False)
   _CHECKPOINT = flags.DEFINE_string(
       'checkpoint', None, 'Official .npz file or orbax workdir/checkpoint dir.')
@@ -63,7 +76,11 @@ def _pipeline_class_names(config):
   known = data.KNOWN_CLASS_NAMES.get(name)
   if known:
     return known
-  if data.local_dir(config) is not None:
+  try:
+    folder = data.local_dir(config)
+  except data.DataError:  # Not where the data would be read: metadata only.
+    folder = None
+  if folder is not None:
     return data.dataset_info(config).class_names
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   return tfds.builder(str(config.dataset)).info.features['label'].names
@@ -115,6 +132,75 @@ def load_image(path: str, config) -> np.ndarray:
   return x.reshape(h, w, int(config.channels))
 
 
+_EXPECTED = ("pass an official .npz file (e.g. Mixer-B_16.npz) or a run's "
+             'orbax checkpoint: its workdir, its checkpoints/ folder or one '
+             'step folder')
+
+
+def _orbax_step_dir(path: str) -> str:
+  """The step folder an orbax `path` (workdir, checkpoints/ folder or step
+  folder) stands for: its latest complete step."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, checkpoints.CHECKPOINT_SUBDIR)):
+    path = os.path.join(path, checkpoints.CHECKPOINT_SUBDIR)
+  if os.path.isdir(os.path.join(path, 'state')):
+    return path
+  steps = checkpoints.complete_steps(path)
+  if not steps:
+    raise ValueError(f'no checkpoint found in {path}: {_EXPECTED} (a '
+                     'folder holding checkpoints/<step>/ or state/)')
+  return os.path.join(path, str(steps[-1]))
+
+
+def check_checkpoint(checkpoint: str) -> None:
+  """Raises one ValueError naming `checkpoint` when it is missing, a file
+  that is not an `.npz` (zip) archive, or a folder without a checkpoint."""
+  if '://' in checkpoint:
+    return  # gs://...: read through tf.io.gfile by `pretrained`.
+  if not os.path.exists(checkpoint):
+    raise ValueError(f'checkpoint {checkpoint} does not exist; {_EXPECTED}')
+  if os.path.isdir(checkpoint):
+    _orbax_step_dir(checkpoint)
+  elif not zipfile.is_zipfile(checkpoint):
+    size = os.path.getsize(checkpoint)
+    raise ValueError(
+        f'checkpoint {checkpoint} is not an .npz archive (a file of {size:,} '
+        'bytes that is not a zip file) nor an orbax checkpoint folder; '
+        f'{_EXPECTED}')
+
+
+def load_checkpoint_params(checkpoint: str):
+  """The parameter tree of an official `.npz` or an orbax checkpoint.
+
+  Raises:
+    ValueError: one line naming `checkpoint`: missing, a file that is not
+      an `.npz` archive, a folder without a checkpoint, or a step that
+      cannot be read (damaged or truncated files).
+  """
+  check_checkpoint(checkpoint)
+  if not os.path.isdir(checkpoint):
+    return pretrained.load_params(checkpoint)
+  step_dir = _orbax_step_dir(checkpoint)
+  try:
+    return pretrained.load_params(step_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    text = _cause_text(e)
+    text = text if len(text) <= 240 else text[:237] + '...'
+    raise ValueError(
+        f'cannot read the orbax checkpoint {step_dir}: it is damaged or '
+        f'incomplete ({text}); pass another step folder or a good copy of '
+        'it') from e
+
+
+def _cause_text(e: BaseException) -> str:
+  """`e` as one line without the prefixes earlier wrappers added."""
+  text = ' '.join(str(e).split())
+  for prefix in ('cannot read orbax checkpoint ',):
+    if text.startswith(prefix) and ': ' in text:
+      text = text.split(': ', 1)[1]
+  return text
+
+
 def load_model_params(config, checkpoint: str):
   """(model, params), checking the checkpoint fits `config.model` exactly."""
   model = models.build_model(config.model)
@@ -123,7 +209,7 @@ def load_model_params(config, checkpoint: str):
   expected = jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape),
                          train=False))['params']
-  params = pretrained.load_params(checkpoint)
+  params = load_checkpoint_params(checkpoint)
   try:
     params_lib.check_params(params, expected,
                              source=f'checkpoint {checkpoint}')
@@ -137,7 +223,11 @@ def predict(config, checkpoint: str, image_paths: Sequence[str],
             top_k: int = 5) -> List[Tuple[str, List[Tuple[str, float]]]]:
   """[(image path, [(class name, probability)] * top_k)] per image."""
   if not image_paths:
-    raise ValueError('no image given')
+    raise ValueError('no image given: pass one or more image files after '
+                     'the flags, e.g. python -m mixer.predict '
+                     '--checkpoint=WORKDIR cat.jpg')
+  if int(top_k) < 1:
+    raise ValueError(f'--top_k must be at least 1, got {top_k}')
   images = np.stack([load_image(p, config) for p in image_paths])
   model, params = load_model_params(config, checkpoint)
   if not config.model.num_classes:
@@ -154,18 +244,52 @@ def predict(config, checkpoint: str, image_paths: Sequence[str],
   return results
 
 
+def _model_json(config):
+  model = workdir_lib.config_json(config).get('model') or {}
+  return {k: v for k, v in model.items() if k != 'model_name'}
+
+
+def resolve_config(config, checkpoint: str):
+  """(config to use, warning or None) for `--config` (may be None) and
+  `--checkpoint`.
+
+  An orbax checkpoint's run has its `config.json` (`workdir.run_config`):
+  without `--config` it is used; with a `--config` whose model fields differ
+  from it, it is used as well (the parameters were trained with it) and the
+  warning says so. An `.npz` needs `--config`.
+  """
+  run = workdir_lib.run_config(checkpoint) if os.path.isdir(
+      checkpoint) else None
+  if run is None:
+    if config is None:
+      check_checkpoint(checkpoint)
+      what = ('has no config.json beside it' if os.path.isdir(checkpoint)
+              else 'is an .npz file, which holds no config')
+      raise ValueError(f'--config is required: {checkpoint} {what}; pass '
+                       '--config=configs/<name>.py, the config the '
+                       'checkpoint was trained with')
+    return config, None
+  if config is None:
+    return run, None
+  diffs = workdir_lib.config_differences({'model': _model_json(config)},
+                                         {'model': _model_json(run)})
+  if not diffs:
+    return config, None
+  shown = ', '.join(diffs[:5]) + (f' and {len(diffs) - 5} more'
+                                  if len(diffs) > 5 else '')
+  return run, (f"--config's model differs from the config.json of the run "
+               f'{checkpoint} belongs to ({shown}); using the run\'s '
+               'config.json')
+
+
 def main(argv):
   logging.set_verbosity(logging.WARNING)
-  try:
-    if _CONFIG.value is None:
-      raise ValueError('--config is required')
-    if not _CHECKPOINT.value:
-      raise ValueError('--checkpoint is required')
-    results = predict(_CONFIG.value, _CHECKPOINT.value, argv[1:],
-                      _TOP_K.value)
-  except Exception as e:  # pylint: disable=broad-except
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  if not _CHECKPOINT.value:
+    raise ValueError('--checkpoint is required: ' + _EXPECTED)
+  config, warning = resolve_config(_CONFIG.value, _CHECKPOINT.value)
+  if warning:
+    cli.warn(warning)
+  results = predict(config, _CHECKPOINT.value, argv[1:], _TOP_K.value)
   for path, top in results:
     print(path)
     for name, prob in top:
@@ -174,4 +298,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -18,7 +18,15 @@ is shown), `partial` (metrics or checkpoints but no results: still training
 or interrupted; the last logged step is shown) or `not started`. The report
 only reads the folders, so it can be run at any time, also while the sweep
 trains.
+
+Errors follow the CLI contract of `mixer.cli`: a missing or non-folder
+SWEEP_DIR prints one `error:` line naming it and the fix, exit status 1
+(`--debug` shows the traceback).
 """
+
+if __name__ == '__main__':
+  # The CLI contract: imported first (quiet C++ start-up logging).
+  from mixer import cli  # pylint: disable=g-import-not-at-top
 
 import csv
 import datetime
@@ -429,11 +437,32 @@ def write_report(sweep_dir: str) -> Dict[str, str]:
   return paths
 
 
+def define_flags():
+  """The command-line flags: none besides the shared --debug (SWEEP_DIR is
+  positional); kept for the same shape as the other tools."""
+
+
+def check_sweep_dir(path: str) -> None:
+  """One ValueError naming `path` when it cannot be reported on."""
+  fix = ('pass the folder a sweep writes into (sweep.py --workdir), or any '
+         "folder holding train.py workdirs")
+  if not os.path.exists(path):
+    raise ValueError(f'sweep folder {path} does not exist; {fix}')
+  if not os.path.isdir(path):
+    raise ValueError(f'sweep folder {path} is a file, not a folder; {fix}')
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise ValueError(f'sweep folder {path} is not writable (the report '
+                     'writes summary.md, summary.csv and curves.png into it); '
+                     'fix its permissions or copy it somewhere writable')
+
+
 def main(argv):
   if len(argv) != 2:
-    raise app.UsageError('usage: python -m mixer.report SWEEP_DIR')
-  if not os.path.isdir(argv[1]):
-    raise app.UsageError(f'{argv[1]} is not a directory')
+    given = (f'; got {len(argv) - 1} arguments: {" ".join(argv[1:])}'
+             if len(argv) > 2 else '')
+    raise app.UsageError('give one sweep folder: python -m mixer.report '
+                         f'SWEEP_DIR{given}')
+  check_sweep_dir(argv[1])
   paths = write_report(argv[1])
   with open(paths['markdown']) as f:
     print(f.read())
@@ -441,4 +470,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  define_flags()
+  cli.run(main)

@@ -6,9 +6,15 @@ nothing is allocated or computed: Mixer-H/14 summarises in seconds on a CPU.
 
     python -m mixer.summary --config=configs/cifar10_baseline.py
     python -m mixer.summary --config=configs/mixer_b16.py --config.model.num_classes=0
+
+Errors follow the CLI contract of `mixer.cli`: one `error:` line naming the
+input and the fix, exit status 1 (`--debug` shows the traceback).
 """
 
-import sys
+if __name__ == '__main__':
+  # The CLI contract: imported before JAX (quiet C++ start-up logging).
+  from mixer import cli  # pylint: disable=g-import-not-at-top
+
 from typing import List, Tuple
 
 from absl import app
@@ -122,15 +128,13 @@ def summarize(config) -> str:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  try:
-    print(summarize(_CONFIG.value))
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])} '
+                         '(mixer.summary takes only flags: --config=... and '
+                         '--config.<field>=<value>)')
+  print(summarize(_CONFIG.value))
 
 
 if __name__ == '__main__':
   define_flags()
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run(main)

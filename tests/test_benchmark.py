@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from mixer import benchmark
 from mixer import flops
 from mixer import models
 from tests.conftest import REPO
@@ -74,3 +75,21 @@ def test_cli_bad_batch_is_one_clear_error():
   assert out.returncode == 1
   assert out.stderr.strip().splitlines()[-1].startswith(
       'error: batch_size 16 must be a multiple of')
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    ({'steps': 0}, '--steps must be at least 1, got 0'),
+    ({'repeats': -1}, '--repeats must be at least 1, got -1'),
+    ({'batch_size': 0}, '--batch_size must be at least 1, got 0'),
+    ({'steps_per_dispatch': 0}, '--steps_per_dispatch must be at least 1'),
+    ({'peak_matmul_size': -1}, '--peak_matmul_size must be at least 0'),
+    ({'dtype': 'float8'}, "--dtype must be one of bfloat16, float32, "
+                          "float16, got 'float8'"),
+])
+def test_run_checks_its_arguments_first(kwargs, message):
+  """Bad arguments are one ValueError naming the flag, before any work."""
+  args = dict(batch_size=16, dtype='float32', steps=2, repeats=2)
+  args.update(kwargs)
+  with pytest.raises(ValueError) as e:
+    benchmark.run(tiny_config(), **args)
+  assert str(e.value) == message or str(e.value).startswith(message)

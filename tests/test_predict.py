@@ -152,3 +152,96 @@ def test_load_image_matches_eval_preprocessing(tmp_path):
   config.channels = 1
   assert predict.load_image(str(tmp_path / 'wide.png'), config).shape == (
       16, 16, 1)
+
+
+# -- a run's workdir: its config.json, damaged orbax checkpoints ------------
+
+
+@pytest.fixture(scope='module')
+def trained_run(tmp_path_factory):
+  """A tiny run trained for 2 steps: its workdir (config.json beside an
+  orbax checkpoint of a model unlike any shipped config's)."""
+  from tests.conftest import shared_data_dir  # pylint: disable=g-import-not-at-top
+  from tests.conftest import tiny_config as tiny_run_config  # pylint: disable=g-import-not-at-top
+  from mixer import train  # pylint: disable=g-import-not-at-top
+  data = shared_data_dir()
+  if not (data / 'cifar10' / 'test.npz').exists():
+    pytest.skip(f'real data not found in {data}')
+  workdir = tmp_path_factory.mktemp('run') / 'w'
+  config = tiny_run_config(num_train_steps=2, warmup_steps=1,
+                           checkpoint_every_steps=2, eval_split='test[:250]',
+                           data_dir=str(data))
+  train.train_and_evaluate(config, str(workdir))
+  image = workdir.parent / 'img.png'
+  Image.fromarray(np.random.default_rng(0).integers(
+      0, 256, (32, 32, 3), dtype=np.uint8)).save(image)
+  return workdir, str(image)
+
+
+def _top(stdout):
+  return [l.split(maxsplit=1)[1] for l in stdout.splitlines()[1:]]
+
+
+def test_cli_predicts_from_a_workdir_without_config(trained_run):
+  workdir, image = trained_run
+  out = run_cli(f'--checkpoint={workdir}', image)
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = out.stdout.strip().splitlines()
+  assert lines[0] == image and len(lines) == 6
+  assert set(_top(out.stdout)) <= set(
+      input_pipeline.KNOWN_CLASS_NAMES['cifar10'])
+  assert not out.stderr.strip()
+  # A step folder inside the workdir finds the same config.json.
+  step = run_cli(f'--checkpoint={workdir}/checkpoints/2', image)
+  assert step.returncode == 0, step.stderr[-3000:]
+  assert step.stdout == out.stdout
+  # A --config whose model differs: the run's config.json wins, one warning.
+  both = run_cli('--config=configs/cifar10_baseline.py',
+                 f'--checkpoint={workdir}', image)
+  assert both.returncode == 0, both.stderr[-3000:]
+  assert both.stdout == out.stdout
+  warnings = both.stderr.strip().splitlines()
+  assert len(warnings) == 1 and warnings[0].startswith(
+      "warning: --config's model differs from the config.json of the run")
+  assert 'model.hidden_dim (256 -> 32)' in warnings[0]
+  assert "using the run's config.json" in warnings[0]
+
+
+def test_resolve_config(setup, tmp_path):
+  _, ckpt, _ = setup
+  config = tiny_config()
+  assert predict.resolve_config(config, ckpt) == (config, None)
+  with pytest.raises(ValueError, match=r'^--config is required: .*tiny.npz '
+                     'is an .npz file, which holds no config'):
+    predict.resolve_config(None, ckpt)
+  with pytest.raises(ValueError, match='is not an .npz archive'):
+    predict.resolve_config(None, __file__)
+  with pytest.raises(ValueError, match='no checkpoint found in'):
+    predict.resolve_config(None, str(tmp_path))
+
+
+def test_cli_damaged_orbax_checkpoint_is_one_error_line(trained_run,
+                                                        tmp_path):
+  """Truncated array files: orbax's concurrent reads fail; one error line,
+  no 'Event loop is closed' tracebacks nor asyncio's 'exception was never
+  retrieved' lines from the reads still in flight."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir, image = trained_run
+  damaged = tmp_path / 'damaged'
+  shutil.copytree(workdir, damaged)
+  state = damaged / 'checkpoints' / '2' / 'state'
+  data_files = [p for p in state.rglob('*') if p.is_file() and
+                p.parent.name == 'd']
+  assert data_files
+  for p in data_files:
+    with open(p, 'r+b') as f:
+      f.truncate(10)
+  out = run_cli(f'--checkpoint={damaged}', image)
+  assert out.returncode == 1
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1, out.stderr[-3000:]
+  assert lines[0].startswith(
+      f'error: cannot read the orbax checkpoint {state.parent}: it is '
+      'damaged or incomplete (')
+  assert lines[0].endswith('pass another step folder or a good copy of it')
+  assert not out.stdout

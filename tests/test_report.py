@@ -136,3 +136,30 @@ def test_report_of_empty_folder(tmp_path):
   assert os.path.getsize(paths['curves']) > 0
   with open(paths['csv']) as f:
     assert len(list(csv.reader(f))) == 1  # The header only.
+
+
+def test_check_sweep_dir(tmp_path):
+  report.check_sweep_dir(str(tmp_path))
+  with pytest.raises(ValueError, match=r'sweep folder .*/nope does not exist; '
+                     r'pass the folder a sweep writes into \(sweep.py '
+                     r'--workdir\)'):
+    report.check_sweep_dir(str(tmp_path / 'nope'))
+  (tmp_path / 'f.txt').write_text('x')
+  with pytest.raises(ValueError, match='is a file, not a folder'):
+    report.check_sweep_dir(str(tmp_path / 'f.txt'))
+
+
+def test_cli_writes_the_report(tmp_path):
+  """The success path through cli.run: the summary on stdout, files
+  written, nothing on stderr."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from tests.conftest import REPO  # pylint: disable=g-import-not-at-top
+  make_sweep(str(tmp_path))
+  out = subprocess.run([sys.executable, '-m', 'mixer.report', str(tmp_path)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert '| C64_L2 |' in out.stdout
+  assert out.stdout.strip().splitlines()[-1] == (
+      f'wrote {tmp_path / "curves.png"}')
+  assert not out.stderr.strip()

@@ -1,6 +1,7 @@
 """`python -m mixer.summary` prints the exact parameter counts of the specs."""
 
 import importlib
+import os
 import subprocess
 import sys
 
@@ -77,3 +78,19 @@ def test_cli_bad_config_is_one_clear_error():
   assert out.returncode == 1
   assert out.stderr.strip().splitlines() == [
       'error: model.patches.size (5, 5) does not divide the image size (32, 32)']
+
+
+def test_cli_missing_config_from_another_directory(tmp_path):
+  """A relative --config is relative to the current directory: the one
+  error line says so and what to pass."""
+  out = subprocess.run(
+      [sys.executable, '-m', 'mixer.summary',
+       '--config=configs/cifar10_baseline.py'],
+      cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)),
+      capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines() == [
+      'error: config file configs/cifar10_baseline.py not found (relative to '
+      f'the current directory {tmp_path}): give --config= the path of an '
+      'experiment config file, e.g. --config=configs/cifar10_baseline.py '
+      'from the repository root']

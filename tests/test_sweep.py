@@ -10,8 +10,10 @@ import csv
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -210,10 +212,12 @@ def test_cli_dry_run_and_failure_exit_code(tmp_path, data_dir):
       [sys.executable, 'sweep.py', f'--sweep={sweep_file}', '--dry_run',
        '--set=model.hidden_dim=32'], cwd=REPO, env=env, capture_output=True,
       text=True, timeout=120, check=True)
+  # The --set overrides: once, and in every run's fields.
   assert dry.stdout.splitlines() == [
-      'p4: {"model.patches.size": [4, 4]}',
-      'p8: {"model.patches.size": [8, 8]}',
-      'bad: {"grad_accum_steps": 3}']
+      '--set (every run): {"model.hidden_dim": 32}',
+      'p4: {"model.patches.size": [4, 4], "model.hidden_dim": 32}',
+      'p8: {"model.patches.size": [8, 8], "model.hidden_dim": 32}',
+      'bad: {"grad_accum_steps": 3, "model.hidden_dim": 32}']
   out = tmp_path / 'sweep'
   failed = subprocess.run(
       [sys.executable, 'sweep.py', f'--sweep={sweep_file}',
@@ -223,3 +227,161 @@ def test_cli_dry_run_and_failure_exit_code(tmp_path, data_dir):
   assert 'FAILED bad: ValueError' in failed.stdout
   assert (out / 'bad' / 'error.txt').exists()
   assert (out / 'summary.md').exists() and (out / 'summary.csv').exists()
+
+
+# -- errors in sweep files and --set, running from elsewhere, Ctrl-C ---------
+
+SWEEP_TWO_RUNS = '''
+from configs import cifar10_baseline
+from mixer import sweeps
+
+
+def get_sweep():
+  return [sweeps.run('s0', cifar10_baseline.get_config, seed=0),
+          sweeps.run('s1', cifar10_baseline.get_config, seed=1)]
+'''
+
+
+@pytest.mark.parametrize('text,expected', [
+    ('def get_sweep(:\n  pass\n', ['has a syntax error at line 1',
+                                   'fix the file']),
+    ('import no_such_module_x\n', ['failed to load: ModuleNotFoundError',
+                                   '(line 1)']),
+    ('RUNS = []\n', ['defines no get_sweep()', 'add a function get_sweep()']),
+    ('def get_sweep():\n  return {}["x"]\n',
+     ["get_sweep() raised KeyError: 'x' (line 2)", 'fix the sweep file']),
+    ('from configs import cifar10_baseline\nfrom mixer import sweeps\n'
+     'def get_sweep():\n  return [sweeps.run("a", cifar10_baseline.get_config,'
+     ' learning_rat=1.0)]\n',
+     ["line 4: run 'a': unknown config field 'learning_rat' (did you mean "
+      "'learning_rate'?)", 'fix the override in the sweep file']),
+    ('from configs import cifar10_baseline\nfrom mixer import sweeps\n'
+     'def get_sweep():\n  return [sweeps.run("a", cifar10_baseline.get_config,'
+     ' num_train_steps="ten")]\n',
+     ["run 'a': cannot set config field 'num_train_steps': it holds an int",
+      'give an int']),
+    ('def get_sweep():\n  return []\n', ['get_sweep() returned no runs']),
+    ('def get_sweep():\n  return [1]\n', ['must return mixer.sweeps.Run items']),
+    ('from configs import cifar10_baseline\nfrom mixer import sweeps\n'
+     'def get_sweep():\n  return [sweeps.run("a", cifar10_baseline.get_config)'
+     '] * 2\n', ["duplicate run name 'a'"]),
+], ids=['syntax', 'import', 'no-get_sweep', 'raises', 'unknown-key',
+        'wrong-type', 'empty', 'not-runs', 'duplicate'])
+def test_sweep_file_errors_name_the_file_and_the_fix(tmp_path, text,
+                                                      expected):
+  path = tmp_path / 'my_sweep.py'
+  path.write_text(text)
+  with pytest.raises(sweeps.SweepError) as e:
+    sweeps.load_sweep(str(path))
+  message = str(e.value)
+  assert message.startswith(f'sweep file {path}'), message
+  assert '\n' not in message
+  for part in expected:
+    assert part in message, (part, message)
+
+
+def test_missing_sweep_file_lists_the_shipped_ones(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(sweeps.SweepError) as e:
+    sweeps.load_sweep('configs/sweeps/no_such.py', root=str(REPO))
+  message = str(e.value)
+  assert (f'not found in the current directory ({tmp_path}) nor in the '
+          f'repository ({REPO})') in message
+  assert 'configs/sweeps/patch_size.py' in message
+
+
+def test_set_errors_name_the_item_and_the_fix():
+  with pytest.raises(sweeps.SweepError, match=r'^--set=steps: expected '
+                     r'key=value .* --set=num_train_steps=20'):
+    sweeps.parse_assignments(['num_train_steps=2', 'steps'])
+  with pytest.raises(sweeps.SweepError, match='^--set==3: expected'):
+    sweeps.parse_assignments(['=3'])
+  runs = [sweeps.run('a', cifar10_baseline.get_config)]
+  items = ['model.hiden_dim=3']
+  with pytest.raises(sweeps.SweepError) as e:
+    sweeps.apply_global_overrides(runs, sweeps.parse_assignments(items),
+                                  sweeps.assignment_texts(items))
+  assert str(e.value).startswith(
+      "--set=model.hiden_dim=3: unknown config field 'model.hiden_dim' "
+      "(did you mean 'model.hidden_dim'?)")
+  items = ['augment.flip=maybe']
+  with pytest.raises(sweeps.SweepError) as e:
+    sweeps.apply_global_overrides(runs, sweeps.parse_assignments(items),
+                                  sweeps.assignment_texts(items))
+  assert str(e.value) == (
+      "--set=augment.flip=maybe: cannot set config field 'augment.flip': it "
+      "holds a bool (now True), and 'maybe' is text that does not parse as a "
+      'Python literal; give a bool such as True')
+  # Good values still work, and shown_fields adds the --set keys.
+  ok = sweeps.apply_global_overrides(runs, {'num_train_steps': 5})
+  assert sweeps.shown_fields(ok[0], {'num_train_steps': 5}) == {
+      'num_train_steps': 5}
+
+
+def test_cli_runs_from_another_directory(tmp_path):
+  """A relative --sweep not in the current directory is found in the
+  repository root, and the log says so; a file in the current directory
+  wins."""
+  env = dict(os.environ)
+  out = subprocess.run(
+      [sys.executable, str(REPO / 'sweep.py'),
+       '--sweep=configs/sweeps/patch_size.py', '--dry_run',
+       '--set=num_train_steps=5'], cwd=tmp_path, env=env,
+      capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.splitlines() == [
+      '--set (every run): {"num_train_steps": 5}',
+      'patch2x2: {"model.patches.size": [2, 2], "num_train_steps": 5}',
+      'patch4x4: {"model.patches.size": [4, 4], "num_train_steps": 5}',
+      'patch8x8: {"model.patches.size": [8, 8], "num_train_steps": 5}']
+  assert (f'using {REPO}/configs/sweeps/patch_size.py from the repository'
+          in out.stderr)
+  local = tmp_path / 'configs' / 'sweeps'
+  local.mkdir(parents=True)
+  (local / 'patch_size.py').write_text(SWEEP_TWO_RUNS)
+  out = subprocess.run(
+      [sys.executable, str(REPO / 'sweep.py'),
+       '--sweep=configs/sweeps/patch_size.py', '--dry_run'], cwd=tmp_path,
+      env=env, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert [l.split(':')[0] for l in out.stdout.splitlines()] == ['s0', 's1']
+  assert 'from the repository' not in out.stderr
+
+
+def test_cli_ctrl_c_saves_the_run_and_stops_the_sweep(tmp_path, data_dir):
+  """SIGINT while the first run trains: it saves its step, is not recorded
+  as failed, the second run never starts, exit status 130 with the run's
+  message; the summary is current."""
+  sweep_file = tmp_path / 'two.py'
+  sweep_file.write_text(SWEEP_TWO_RUNS)
+  out_dir = tmp_path / 'sweep'
+  tiny = ['model.hidden_dim=16', 'model.num_blocks=1',
+          'model.tokens_mlp_dim=8', 'model.channels_mlp_dim=16',
+          'batch_size=16', 'num_train_steps=100000', 'warmup_steps=1',
+          'log_every_steps=1', 'eval_split=test[:100]', 'eval_batch_size=100',
+          'checkpoint_every_steps=100000']
+  proc = subprocess.Popen(
+      [sys.executable, str(REPO / 'sweep.py'), f'--sweep={sweep_file}',
+       f'--workdir={out_dir}'] + [f'--set={t}' for t in tiny],
+      cwd=tmp_path, env=dict(os.environ, MIXER_DATA_DIR=str(data_dir)),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics = out_dir / 's0' / 'metrics.jsonl'
+  deadline = time.time() + 150
+  while time.time() < deadline and proc.poll() is None and not (
+      metrics.exists() and metrics.stat().st_size > 0):
+    time.sleep(0.2)
+  assert proc.poll() is None, proc.communicate()[1][-3000:]
+  proc.send_signal(signal.SIGINT)
+  stdout, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 130, stderr[-3000:]
+  last = stderr.strip().splitlines()[-1]
+  assert last.startswith('sweep stopped during run s0 (1/2): stopped at step ')
+  assert 'run the same command again to resume' in last
+  assert 'Traceback' not in stderr
+  assert not stdout.strip()  # No final summary line for a stopped sweep.
+  assert not (out_dir / 's0' / 'error.txt').exists()
+  assert not (out_dir / 's1').exists()
+  steps = [int(n) for n in os.listdir(out_dir / 's0' / 'checkpoints')]
+  assert steps and steps[0] > 0
+  rows = {r['name']: r['status'] for r in report.collect(str(out_dir))[0]}
+  assert rows == {'s0': 'partial', 's1': 'not started'}
