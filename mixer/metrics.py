@@ -32,6 +32,7 @@ so any JSON reader loads them.
 import json
 import math
 import os
+import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -53,6 +54,15 @@ def _clu_writers():
   except ImportError:  # pragma: no cover - exercised on the TF-less GPU box.
     return None, None
   return metric_writers, periodic_actions
+
+
+def preload_writers() -> None:
+  """Starts importing clu's writers (TensorFlow: ~5 s on a small CPU) in a
+  background thread, so that the import overlaps the start of the run
+  (compiling the first steps releases the GIL); `MetricsWriter` then finds
+  it done, or waits for it."""
+  threading.Thread(target=_clu_writers, daemon=True,
+                   name='mixer-import-tensorboard').start()
 
 
 @flax.struct.dataclass

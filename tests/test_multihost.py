@@ -36,7 +36,10 @@ def _flags(config) -> list:
   flat = workdir_lib._flat(workdir_lib.config_json(config))  # pylint: disable=protected-access
   out = []
   for key, value in flat.items():
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple)) and any(isinstance(v, str)
+                                                for v in value):
+      value = repr(tuple(value))  # ('cifar10', 'train', 'test')
+    elif isinstance(value, (list, tuple)):
       value = ','.join(str(v) for v in value)
     out.append(f'--config.{key}={value}')
   return out

@@ -1,0 +1,218 @@
+"""The docs are tests: every documented command runs, as typed plus tiny overrides.
+
+Collects the shell commands in the ```bash / ```sh blocks of README.md and
+docs/*.md that run this project (`python train.py`, `python sweep.py`,
+`python -m mixer.<tool>`, `python benchmarks/...`, `bash benchmarks/...`)
+and runs each on the CPU in a sandbox: a temporary folder holding links to
+the repository's files, with `../shared` beside it, so relative paths
+(`configs/...`, `workdirs/...`, `../shared/data`) mean what they mean at the
+repository root. The commands of one block run in order in one sandbox (a
+sweep, then its report).
+
+Each command is shortened only by appending the overrides in `TINY` for its
+tool (later flags win over earlier ones): 3 steps at batch 32 and an eval of
+at most 64 examples for training and sweeps (a command's own smaller eval
+split is kept; a warmup the command states in steps becomes 1 step, so that
+it fits), 256 test images for few-shot, 1 small step for benchmarks, few
+images for the input-pipeline and checkpoint benchmarks. Setup commands (venv, pip) and
+the test command itself are not run here.
+
+A block that needs what CI cannot have (a GPU, the internet, official
+checkpoints, ImageNet) is marked in the doc source, on the line before its
+opening fence, with `<!-- docs-test: skip (reason) -->`; its commands are
+reported as skipped with that reason.
+"""
+
+import dataclasses
+import glob
+import importlib
+import os
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+from typing import List, Optional
+
+import pytest
+
+from tests.conftest import REPO
+from tests.conftest import shared_data_dir
+
+DOCS = ['README.md'] + sorted(
+    os.path.relpath(p, REPO) for p in glob.glob(str(REPO / 'docs' / '*.md')))
+SKIP_MARK = re.compile(r'<!--\s*docs-test:\s*skip\s*\((.*)\)\s*-->')
+FENCE = re.compile(r'^```(\w*)\s*$')
+RUNNABLE = re.compile(r'^(python3? (train\.py|sweep\.py|-m mixer\.\w+|'
+                      r'benchmarks/\S+)|bash benchmarks/\S+|benchmarks/\S+)')
+EVAL_EXAMPLES = 64
+
+# The overrides appended to each kind of command (documented above and in
+# README.md, "How the docs are tested").
+TINY = {
+    'train.py': ['--config.num_train_steps=3', '--config.batch_size=32',
+                 f'--config.eval_batch_size={EVAL_EXAMPLES}'],
+    'sweep.py': ['--set=num_train_steps=3', '--set=batch_size=32',
+                 f'--set=eval_batch_size={EVAL_EXAMPLES}'],
+    'mixer.benchmark': ['--batch_size=2', '--steps=1', '--repeats=1',
+                        '--peak_matmul_size=256'],
+    'benchmarks/input_pipeline.py': ['--num_images=32', '--batches=2',
+                                     '--warmup=1'],
+    'benchmarks/checkpoint_integrity.py': ['--gigabytes=0.0625'],
+    'mixer.fewshot': [f'--num_test={EVAL_EXAMPLES * 4}'],
+}
+
+
+@dataclasses.dataclass
+class Command:
+  doc: str
+  line: int
+  text: str  # As written (continuations joined, comment dropped).
+  skip: Optional[str]  # The reason from the doc's skip mark.
+
+  @property
+  def tool(self) -> str:
+    words = shlex.split(self.text)
+    words = [w for w in words if not re.match(r'^\w+=', w)]  # VAR=value.
+    if words[0] in ('python', 'python3'):
+      words = words[1:]
+    if words[0] == 'bash':
+      words = words[1:]
+    return words[1] if words[0] == '-m' else words[0]
+
+  @property
+  def id(self) -> str:
+    return f'{self.doc}:{self.line}:{self.tool}'
+
+
+def _strip_comment(line: str) -> str:
+  """Drops a trailing `# comment` that is not inside quotes."""
+  quote = None
+  for i, ch in enumerate(line):
+    if quote:
+      if ch == quote:
+        quote = None
+    elif ch in '\'"':
+      quote = ch
+    elif ch == '#' and (i == 0 or line[i - 1].isspace()):
+      return line[:i].rstrip()
+  return line.rstrip()
+
+
+def collect(doc: str) -> List[List[Command]]:
+  """The runnable commands of `doc`, one list per code block."""
+  lines = (REPO / doc).read_text().splitlines()
+  blocks, i = [], 0
+  while i < len(lines):
+    m = FENCE.match(lines[i])
+    if not m or m.group(1) not in ('bash', 'sh', 'shell'):
+      i += 1
+      continue
+    prev = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()),
+                '')
+    mark = SKIP_MARK.search(prev)
+    start, i = i + 1, i + 1
+    body = []
+    while i < len(lines) and not lines[i].startswith('```'):
+      body.append((i + 1, lines[i]))
+      i += 1
+    i += 1
+    commands, text, first = [], '', None
+    for number, raw in body:
+      line = _strip_comment(raw)
+      if first is None:
+        first = number
+      if line.endswith('\\'):
+        text += line[:-1].rstrip() + ' '
+        continue
+      text = (text + line.strip()).strip()
+      for part in (p.strip() for p in text.split('&&')):
+        if RUNNABLE.match(re.sub(r'^(\w+=\S+\s+)+', '', part)):
+          commands.append(Command(doc, first, part,
+                                  mark.group(1) if mark else None))
+      text, first = '', None
+    del start
+    if commands:
+      blocks.append(commands)
+  return blocks
+
+
+def _eval_split(command: Command) -> Optional[str]:
+  """`--config.eval_split` for a train.py command: the config's eval split
+  cut to EVAL_EXAMPLES examples (an existing slice is replaced)."""
+  words = shlex.split(command.text)
+  spec = next(w.split('=', 1)[1] for w in words if w.startswith('--config='))
+  path, _, arg = spec.partition(':')
+  module = importlib.import_module(path[:-len('.py')].replace('/', '.'))
+  config = module.get_config(arg) if arg else module.get_config()
+  for w in words:  # An eval_split the command itself sets.
+    if w.startswith('--config.eval_split='):
+      return w.split('=', 1)[1]
+  split = re.sub(r'\[.*\]$', '', str(config.eval_split).split('+')[0])
+  return f'{split}[:{EVAL_EXAMPLES}]'
+
+
+def shortened(command: Command) -> str:
+  extra = list(TINY.get(command.tool, []))
+  sets_warmup = 'warmup_steps=' in command.text
+  if command.tool == 'train.py':
+    extra.append(f'--config.eval_split={_eval_split(command)}')
+    if sets_warmup:  # An explicit warmup must fit the 3 steps.
+      extra.append('--config.warmup_steps=1')
+  if command.tool == 'sweep.py':
+    extra.append(f'--set=eval_split=test[:{EVAL_EXAMPLES}]')
+    if sets_warmup:
+      extra.append('--set=warmup_steps=1')
+  return ' '.join([command.text] + [shlex.quote(e) for e in extra])
+
+
+BLOCKS = [block for doc in DOCS for block in collect(doc)]
+
+
+def _sandbox(tmp_path: pathlib.Path) -> pathlib.Path:
+  """<tmp>/repo (links to the checkout's files) beside <tmp>/shared."""
+  root = tmp_path / 'repo'
+  root.mkdir()
+  for name in os.listdir(REPO):
+    if name.startswith('.') or name in ('workdirs', 'tests'):
+      continue
+    (root / name).symlink_to(REPO / name)
+  (tmp_path / 'shared').mkdir()
+  (tmp_path / 'shared' / 'data').symlink_to(shared_data_dir())
+  return root
+
+
+def test_every_documented_tool_is_collected():
+  commands = [c for block in BLOCKS for c in block]
+  tools = {c.tool for c in commands}
+  assert {'train.py', 'sweep.py', 'mixer.report', 'mixer.benchmark'} <= tools
+  assert all(c.skip is None or c.skip.strip() for c in commands)
+  # The README's main job, the one command every new user types.
+  readme = [c for c in commands if c.doc == 'README.md']
+  assert readme[0].text == ('MIXER_DATA_DIR=../shared/data python train.py '
+                            '--config=configs/cifar10_baseline.py '
+                            '--workdir=workdirs/cifar10_baseline')
+
+
+@pytest.mark.parametrize('block', BLOCKS,
+                         ids=[f'{b[0].doc}:{b[0].line}' for b in BLOCKS])
+def test_documented_commands_run(block, tmp_path, data_dir):
+  del data_dir  # Only for its skip when the data is absent.
+  if all(c.skip for c in block):
+    pytest.skip(f'{block[0].doc}:{block[0].line}: {block[0].skip}')
+  root = _sandbox(tmp_path)
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env.pop('MIXER_DATA_DIR', None)  # The command says where the data is.
+  env['MIXER_DATA_DIR'] = str(shared_data_dir())  # Unless it does not.
+  for command in block:
+    if command.skip:
+      print(f'skipped {command.id}: {command.skip}')
+      continue
+    line = shortened(command)
+    out = subprocess.run(line, shell=True, cwd=root, env=env,
+                         capture_output=True, text=True, timeout=600,
+                         executable='/bin/bash')
+    assert out.returncode == 0, (
+        f'{command.doc}:{command.line} failed ({out.returncode}):\n$ {line}\n'
+        + (out.stdout + out.stderr)[-4000:])
+    assert 'Traceback' not in out.stderr, out.stderr[-4000:]
