@@ -30,9 +30,10 @@ class Trainer:
     self.num_devices = jax.local_device_count()
     self.process_index = jax.process_index()
     self.process_count = jax.process_count()
-    self.info = data.dataset_info(config)
+    # The config's own problems first, before any data is read.
     self.model = models.build_model(config.model)
     self.model.check(models.input_shape(config))
+    self.info = data.dataset_info(config)
     if config.model.num_classes != self.info.num_classes:
       raise ValueError(
           f'model.num_classes is {config.model.num_classes} but dataset '

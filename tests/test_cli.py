@@ -122,6 +122,15 @@ CASES = {
         'summary', [BASELINE, '--config.model.hiden_dim=3'],
         ["unknown config field 'model.hiden_dim'", "did you mean 'hidden_dim'"]),
     'summary-no-config': ('summary', [], ['--config is required']),
+    'summary-bad-model-dtype': (
+        'summary', [BASELINE, '--config.model.dtype=nonsense'],
+        ["model.dtype must be one of float32, bfloat16, float16, got "
+         "'nonsense'"]),
+    'train-bad-model-dtype': (
+        'train', [BASELINE, '--workdir={tmp}/w_dtype',
+                  '--config.model.dtype=nonsense'],
+        ["model.dtype must be one of float32, bfloat16, float16, got "
+         "'nonsense'"]),
     'summary-positional-argument': (
         'summary', [BASELINE, 'extra'], ['unexpected arguments: extra']),
     'benchmark-missing-config': (

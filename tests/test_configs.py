@@ -41,12 +41,82 @@ def test_config_builds_and_validates(name):
   assert config.batch_size > 0
 
 
-def test_fast_recipe_runs_its_whole_step_on_cpu(tmp_path, data_dir):
-  # The recipe as configured (bf16, device-resident data, RandAugment, mixup
-  # + cutmix, stochastic depth, 10 fused steps), on a tiny model.
-  config = tiny_config('cifar10_fast', num_train_steps=10, warmup_steps=2,
-                       log_every_steps=10, checkpoint_every_steps=10)
-  assert config.input_pipeline == 'device' and config.steps_per_dispatch == 10
-  res = train.train_and_evaluate(config, str(tmp_path))
-  assert res['steps'] == 10 and res['eval_examples'] == 500
-  assert jnp.isfinite(res['final_eval_loss'])
+# -- every shipped config takes a short run ----------------------------------
+
+def _dataset(name):
+  return _get(name).dataset
+
+
+# Trained from scratch on data in $MIXER_DATA_DIR (fine-tuning is not: its
+# models are paper-size at 224).
+LOCAL = [n for n in EXPERIMENTS if _dataset(n) in ('cifar10', 'fashion_mnist')
+         and n != 'finetune']
+STANDIN = [n for n in EXPERIMENTS if n not in LOCAL]
+
+
+@pytest.mark.parametrize('name', LOCAL)
+def test_local_config_takes_a_short_run(name, tmp_path, data_dir):
+  # A user's first move: the config as shipped with only
+  # --config.num_train_steps=3 --config.batch_size=32 added (CI also cuts
+  # the evaluation to 64 examples; tests/test_docs.py runs the CLI).
+  config = _get(name)
+  if name == 'cifar10_fast':  # Its whole recipe runs (3 steps, one dispatch).
+    assert config.input_pipeline == 'device'
+    assert config.steps_per_dispatch == 10 and config.model.dtype == 'bfloat16'
+  config.num_train_steps = 3
+  config.batch_size = 32
+  config.eval_split = 'test[:64]'
+  config.eval_batch_size = 64
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['steps'] == 3 and results['usable']
+  assert jnp.isfinite(results['final_eval_loss'])
+
+
+@pytest.fixture(scope='module')
+def standin_dir(tmp_path_factory):
+  from benchmarks import input_pipeline as standin  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path_factory.mktemp('tensorflow_datasets'))
+  standin.write_imagenet2012_standin(root, num_train=64, num_val=24)
+  standin.write_imagenet21k_standin(root, num=48)
+  return root
+
+
+@pytest.mark.parametrize('name', STANDIN)
+def test_imagenet_and_finetune_configs_take_a_short_run(name, tmp_path,
+                                                        data_dir, standin_dir):
+  # The same 3 steps at batch 32 on the stand-in ImageNet (or the real
+  # CIFAR-10 at 224 for fine-tuning), with the model shrunk: a paper-size
+  # Mixer at 224 takes minutes per step on a 2-core CPU. The recipe's other
+  # fields (schedule, warmup share, crops, losses, evals) are kept.
+  config = _get(name)
+  config.model.num_blocks = 1
+  config.model.hidden_dim = 16
+  config.model.tokens_mlp_dim = 8 * (config.model.tokens_mlp_dim //
+                                     _paper_tokens_mlp_dim(config))
+  config.model.channels_mlp_dim = 32
+  config.num_train_steps = 3
+  config.batch_size = 32
+  config.eval_batch_size = 8
+  if config.dataset.startswith('imagenet'):
+    config.data_dir = standin_dir
+    config.eval_split, config.minival_split = {
+        'imagenet2012': ('validation[:8]', config.minival_split and
+                         'train[99%:]'),
+        'imagenet21k': ('full[:8]', config.minival_split and 'full[8:16]'),
+    }[config.dataset]
+    if config.dataset == 'imagenet21k':
+      config.train_split = 'full[16:]'
+  else:
+    config.eval_split = 'test[:8]'
+  config.fewshot.every_steps = 0  # big_vision's datasets need downloads.
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['steps'] == 3 and results['usable']
+
+
+def _paper_tokens_mlp_dim(config):
+  """The config's D_S at pre-training resolution (fine-tuning at a higher
+  one multiplies it, paper App. C)."""
+  from configs import models as specs  # pylint: disable=g-import-not-at-top
+  name = config.model.model_name.replace('Mixer-', '')
+  return specs.paper(name).tokens_mlp_dim if name in specs.PAPER_VARIANTS \
+      else config.model.tokens_mlp_dim
