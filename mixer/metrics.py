@@ -56,6 +56,17 @@ def _clu_writers():
   return metric_writers, periodic_actions
 
 
+# Set to 0 to write no TensorBoard events (and never import TensorFlow):
+# metrics.jsonl still gets every record. The test suite does, to save the
+# ~5 s of CPU that importing TensorFlow costs each process it starts.
+TENSORBOARD_ENV = 'MIXER_TENSORBOARD'
+
+
+def tensorboard_enabled() -> bool:
+  return os.environ.get(TENSORBOARD_ENV, '1').lower() not in ('0', 'false',
+                                                              'no', 'off')
+
+
 def preload_writers() -> None:
   """Starts importing clu's writers (TensorFlow: ~5 s on a small CPU) in a
   background thread, so that the import overlaps the start of the run
@@ -128,9 +139,12 @@ class MetricsWriter:
   """
 
   def __init__(self, workdir: str, *, is_chief: bool = True,
-               resume_step: int = 0, use_tensorboard: bool = True):
+               resume_step: int = 0,
+               use_tensorboard: Optional[bool] = None):
     self.is_chief = is_chief
     self.path = os.path.join(workdir, 'metrics.jsonl')
+    if use_tensorboard is None:
+      use_tensorboard = tensorboard_enabled()
     metric_writers = (_clu_writers()[0] if is_chief and use_tensorboard
                       else None)
     if metric_writers is not None:

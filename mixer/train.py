@@ -112,7 +112,7 @@ def _run(trainer: Trainer, config, workdir: str, stop: stopping.StopRequest,
          t_start: float) -> Dict[str, Any]:
   """The run inside its locked workdir."""
   is_chief = trainer.process_index == 0
-  if is_chief:
+  if is_chief and metrics_lib.tensorboard_enabled():
     metrics_lib.preload_writers()
   for line in trainer.describe():
     logging.info('%s', line)

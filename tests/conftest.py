@@ -20,6 +20,15 @@ _CACHE = os.environ.setdefault(
     os.path.join(tempfile.gettempdir(), f'mixer-test-jax-cache-{os.getuid()}'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+# No TensorBoard events (metrics.jsonl is unchanged), so that the dozens of
+# runs the tests start do not each spend ~5 s of CPU importing TensorFlow;
+# test_cli_trains_checkpoints_evaluates_and_resumes turns them back on and
+# checks the event file.
+os.environ.setdefault('MIXER_TENSORBOARD', '0')
+# The data location the README's test command gives, also when pytest is
+# started without it: a test must never fall back to a tfds download.
+if (REPO.parent / 'shared' / 'data').is_dir():
+  os.environ.setdefault('MIXER_DATA_DIR', str(REPO.parent / 'shared' / 'data'))
 
 
 def shared_data_dir() -> pathlib.Path:

@@ -50,7 +50,7 @@ def test_cli_trains_checkpoints_evaluates_and_resumes(tmp_path, data_dir):
            '--config.log_every_steps=5', '--config.eval_every_steps=0',
            '--config.checkpoint_every_steps=10',
            '--config.eval_split=test[:1000]']
-  env = dict(os.environ, MIXER_DATA_DIR=str(data_dir))
+  env = dict(os.environ, MIXER_DATA_DIR=str(data_dir), MIXER_TENSORBOARD='1')
   run = lambda steps: subprocess.run(
       [sys.executable, 'train.py', *flags, f'--config.num_train_steps={steps}'],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -67,6 +67,8 @@ def test_cli_trains_checkpoints_evaluates_and_resumes(tmp_path, data_dir):
   assert results['config']['model']['hidden_dim'] == 32
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['10', '20', '30']
   assert 'ETA' in out.stderr
+  events = [n for n in os.listdir(workdir) if n.startswith('events.out.')]
+  assert len(events) == 1 and (workdir / events[0]).stat().st_size > 0
 
   out = run(40)  # More steps: resumes from 30.
   assert out.returncode == 0, out.stderr[-3000:]
