@@ -14,7 +14,9 @@ results and starts over.
 Errors in what the run was given (config, data, workdir, a NaN loss, a
 checkpoint that cannot be written) print one line `error: <message>` on
 stderr and exit with status 1, without a traceback; `--debug` (or
-MIXER_DEBUG=1) shows the traceback instead. See docs/guarantees.md.
+MIXER_DEBUG=1) shows the traceback instead (mixer/cli.py). Ctrl-C saves the
+current step and exits with status 130, saying how to resume. See
+docs/guarantees.md.
 
 Multi-host (one process per host, each feeding its own slice of the global
 batch): `--multihost` calls `jax.distributed.initialize()` first, which
@@ -24,9 +26,6 @@ values explicitly (e.g. several CPU processes on one machine, which use gloo
 collectives). Every process runs the same command; only process 0 writes
 metrics, config.json and results.json.
 """
-
-import os
-import sys
 
 from mixer import cli  # pylint: disable=g-bad-import-order  (before JAX/TF)
 from absl import app

@@ -2,13 +2,15 @@
 
 Data-parallel with `jax.pmap` over all local devices (gradients `pmean`'d over
 the 'batch' axis; several processes each feed their own slice of the global
-batch). What one step computes is `mixer.step`; this module owns the loop
-around it: building everything a run needs from the config (`Trainer`, in
-mixer/trainer.py), feeding the steps (`steps_per_dispatch` > 1 fuses several into one dispatch;
+batch). What one step computes is `mixer.step`; around it: building
+everything a run needs from the config (`Trainer`, in mixer/trainer.py),
+feeding the steps (`steps_per_dispatch` > 1 fuses several into one dispatch;
 with `input_pipeline='device'` the uint8 dataset lives on device and each
 dispatch only receives the example indices, the same permutation the host
 path uses, so both see identical data), and deciding when to log, evaluate
-(`mixer.evaluators`) and checkpoint (`mixer.checkpoints`).
+(`mixer.evaluators`) and checkpoint (`mixer.checkpoints`): that part is
+`mixer.loop.Loop`; this module owns the run around it (the locked workdir,
+the initial or restored state, results.json).
 
 The run is resumable: the RNG for step s is `fold_in(seed key, s)` and the
 data for step s is a function of (seed, s), so restoring the state of step s
@@ -25,11 +27,10 @@ refused (`mixer.workdir.WorkdirError`) unless `overwrite=True`. Ctrl-C (or
 `stop`) saves the current step and raises `mixer.stopping.Interrupted`.
 """
 
-import collections
 import os
 import threading
 import time
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Optional
 
 from absl import logging
 import jax
@@ -37,36 +38,15 @@ import ml_collections
 import numpy as np
 
 from mixer import checkpoints
-from mixer import data
-from mixer import devices
+from mixer import loop as loop_lib
 from mixer import metrics as metrics_lib
 from mixer import step as step_lib
 from mixer import stopping
+from mixer.loop import NonFiniteError
 from mixer.trainer import Trainer
 from mixer import workdir as workdir_lib
 
-
-class NonFiniteError(FloatingPointError):
-  """The loss, gradients or parameters became NaN/Inf at some step.
-
-  Raised before anything of that step (or later) is logged or saved: the
-  last checkpoint stays the last good state.
-  """
-
-
-# Dispatches queued on the device beyond the one running: enough to keep an
-# accelerator busy, few enough that a stop request is served promptly. When
-# a step takes longer than SLOW_STEP_SECONDS (a CPU) nothing is queued: the
-# host's work between steps is negligible then, and Ctrl-C waits for one
-# step at most.
-MAX_IN_FLIGHT = 2
-SLOW_STEP_SECONDS = 0.5
-# A progress line at least this often (seconds), besides every
-# `log_every_steps`.
-PROGRESS_EVERY_SECONDS = 30.0
-# With skip_nonfinite_steps, the window of recent steps whose skipped share
-# is checked against config.skip_nonfinite_limit.
-SKIP_WINDOW = 100
+__all__ = ['NonFiniteError', 'Trainer', 'train_and_evaluate']
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -154,7 +134,7 @@ def _run(trainer: Trainer, config, workdir: str, stop: stopping.StopRequest,
   progress = metrics_lib.Progress(
       total_steps=trainer.total_steps, start_step=start_step,
       batch_size=trainer.batch_size, steps_per_epoch=trainer.steps_per_epoch,
-      eval_every=trainer.eval_every, every_secs=PROGRESS_EVERY_SECONDS, writer=writer)
+      eval_every=trainer.eval_every, every_secs=loop_lib.PROGRESS_EVERY_SECONDS, writer=writer)
   logging.info('%s: %s params, %d devices x %d processes (%s)',
                config.model.model_name, f'{num_params:,}',
                trainer.num_devices, trainer.process_count,
@@ -165,7 +145,7 @@ def _run(trainer: Trainer, config, workdir: str, stop: stopping.StopRequest,
                  'batch', trainer.process_index, trainer.process_count,
                  trainer.process_index * b_local,
                  (trainer.process_index + 1) * b_local)
-  loop = _Loop(trainer, config, workdir, mgr, writer, progress, stop, meta,
+  loop = loop_lib.Loop(trainer, config, workdir, mgr, writer, progress, stop, meta,
                config_json, start_step)
   try:
     loop.run(state)
@@ -229,345 +209,10 @@ def _run(trainer: Trainer, config, workdir: str, stop: stopping.StopRequest,
   mgr.close()
   logging.info(
       'Done: test accuracy %s (best %s, %s examples) after %s steps (%.3g '
-      'epochs) in %s%s; results in %s', _pct(last_eval['eval_accuracy']),
-      _pct(results['best_eval_accuracy']), f'{last_eval["eval_examples"]:,}',
+      'epochs) in %s%s; results in %s', loop_lib.pct(last_eval['eval_accuracy']),
+      loop_lib.pct(results['best_eval_accuracy']), f'{last_eval["eval_examples"]:,}',
       f'{loop.step:,}', results['epochs'],
       metrics_lib.format_duration(results['wall_seconds']),
       '' if results['usable'] else ' (NOT USABLE: the final eval loss is '
       'not finite)', os.path.join(workdir, 'results.json'))
   return results
-
-
-def _pct(x: Optional[float]) -> str:
-  return '?' if x is None or not np.isfinite(x) else f'{100 * x:.2f}%'
-
-
-def _agree(flag: bool) -> bool:
-  """Process 0's `flag` on every process (a no-op with one process), so
-  decisions taken from a clock are the same everywhere."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
-
-
-class _Loop:
-  """The steps from `start_step` to the end, and what happens between them:
-  progress lines, metrics, evaluations, checkpoints, stop requests."""
-
-  def __init__(self, trainer: Trainer, config, workdir: str, mgr, writer,
-               progress: metrics_lib.Progress, stop: stopping.StopRequest,
-               meta: Dict[str, Any], config_json: Dict[str, Any],
-               start_step: int):
-    self.trainer, self.config, self.workdir = trainer, config, workdir
-    self.mgr, self.writer, self.progress, self.stop = (mgr, writer, progress,
-                                                       stop)
-    self.config_json = config_json
-    self.start_step = self.step = start_step
-    self.ckpt_dir = checkpoints.checkpoint_dir(workdir)
-    self.last_saved = start_step if start_step else None
-    self.last_saved_time = time.time()
-    self.skip_nonfinite = bool(config.get('skip_nonfinite_steps', False))
-    self.skip_limit = float(config.get('skip_nonfinite_limit', 0.5))
-    self.recent_finite = collections.deque(maxlen=SKIP_WINDOW)
-    self.unlogged = metrics_lib.UnloggedSteps(meta.get('unlogged'))
-    self.pending = []  # (first step, per-dispatch device metrics) to fetch.
-    self.in_flight = collections.deque()
-    self.best_acc, self.last_eval = 0.0, None
-    self.last_minival, self.last_fewshot = None, None
-    self.eval_seconds = 0.0
-    self.last_log = None  # (timed seconds, step) at the last log record.
-    self.projected = False
-    self.first_dispatch_step = None  # Its own line says it is done.
-    minutes = float(config.get('checkpoint_every_minutes', 0) or 0)
-    self.save_every_seconds = minutes * 60 if minutes > 0 else None
-    stop.fallback = self._fallback_message
-
-  # -- the loop --------------------------------------------------------------
-
-  def run(self, state: step_lib.TrainState) -> None:
-    trainer, config = self.trainer, self.config
-    if config.input_pipeline == 'device':
-      images, labels = data.load_split(config, config.train_split)
-      resident = (devices.replicate(images),
-                  devices.replicate(labels.astype(np.int32)))
-      chunks = trainer.index_chunks(self.step)
-      run = lambda st, xs: trainer.p_train_indexed(st, *xs, *resident)
-    elif config.input_pipeline == 'host':
-      chunks = _prefetch(trainer.host_chunks(self.step), size=2)
-      run = lambda st, xs: trainer.p_train(st, *xs)
-    else:
-      raise ValueError("input_pipeline must be 'host' or 'device', got "
-                       f'{config.input_pipeline!r}')
-    self.pstate = devices.replicate(state)
-    del state
-    t_first = time.time()
-    for k, xs in chunks:
-      if self.stop.requested():
-        self._stop()
-      self.pstate, m = run(self.pstate, xs)
-      self.pending.append((self.step, m))
-      self.in_flight.append(m)
-      self.step += k
-      while len(self.in_flight) > self._in_flight_limit():
-        jax.block_until_ready(self.in_flight.popleft())
-      if self.step - k == self.start_step:  # The first dispatch compiles.
-        self.first_dispatch_step = self.step
-        jax.block_until_ready(m)
-        self.progress.start(self.step)
-        self._first_line(k, time.time() - t_first)
-      self._between_steps()
-    self._collect()
-    jax.block_until_ready(self.pstate.step)
-    self.progress.pause(self.step)
-    checkpoints.wait_until_finished(self.mgr)
-    if self.last_eval is None:  # Nothing left to train: evaluate the state.
-      self._evaluate({})
-
-  def _in_flight_limit(self) -> int:
-    rate = self.progress.images_per_sec(self.step)
-    slow = rate and self.trainer.batch_size / rate > SLOW_STEP_SECONDS
-    return 0 if slow else MAX_IN_FLIGHT
-
-  def _between_steps(self) -> None:
-    """Logs, evaluates and saves when their time has come."""
-    step, trainer, config = self.step, self.trainer, self.config
-    at_end = step == trainer.total_steps
-    record = {}
-    log_step = step % config.log_every_steps == 0 or at_end
-    if log_step:
-      self._collect()
-      record.update(self.unlogged.record(self.skip_nonfinite))
-      record['epoch'] = step / trainer.steps_per_epoch
-      record['images_per_sec'] = self._interval_rate()
-    timed_line = (self.progress.due() and trainer.process_count == 1 and
-                  step != self.first_dispatch_step)
-    if log_step or timed_line:
-      if not log_step:
-        self._collect()
-      shown = record if log_step else self.unlogged.peek()
-      logging.info('%s', self.progress.line(
-          step, f'loss {shown.get("train_loss", float("nan")):.4f}, acc '
-          f'{shown.get("train_accuracy", float("nan")):.4f}, '))
-      self._projection()
-    if (trainer.eval_every and step % trainer.eval_every == 0) or at_end:
-      self._evaluate(record)
-    if trainer.fewshot and (step % trainer.fewshot_every == 0 or at_end):
-      self._evaluate_fewshot(record)
-    if record:
-      self.writer.write(step, record)
-    every = config.checkpoint_every_steps
-    due = (every > 0 and step % every == 0) or at_end
-    if not due and self.save_every_seconds:
-      late = time.time() - self.last_saved_time >= self.save_every_seconds
-      due = (_agree(late) if trainer.process_count > 1 and log_step
-             else late and trainer.process_count == 1)
-    if due:
-      self._save()
-
-  # -- metrics -----------------------------------------------------------------
-
-  def _collect(self) -> None:
-    """Fetches pending metrics; stops at the first non-finite step."""
-    if not self.pending:
-      return
-    fetched = jax.device_get([m for _, m in self.pending])
-    for (first, _), f in zip(self.pending, fetched):
-      per_step = {k: np.asarray(v[0]).reshape(-1) for k, v in f.items()}
-      finite = per_step['finite'].astype(bool)
-      bad = np.flatnonzero(~finite)
-      if bad.size and not self.skip_nonfinite:
-        raise NonFiniteError(self._nonfinite_message(first + int(bad[0]) + 1,
-                                                     per_step, int(bad[0])))
-      for i in bad:
-        logging.warning('step %d: non-finite loss, gradients or parameters; '
-                        'update skipped (skip_nonfinite_steps)',
-                        first + int(i) + 1)
-      self.unlogged.add(first, per_step)
-      self.recent_finite.extend(finite.tolist())
-    self.pending = []
-    if self.skip_nonfinite:
-      self._check_skipped()
-
-  def _nonfinite_message(self, step: int, per_step, i: int) -> str:
-    saved = (f'the last checkpoint, step {self.last_saved}, in '
-             f'{self.ckpt_dir} is intact' if self.last_saved else
-             'no checkpoint was written')
-    values = (f'train_loss {per_step["train_loss"][i]:.4g}, grad_norm '
-              f'{per_step["grad_norm"][i]:.4g}')
-    if self.start_step and step == self.start_step + 1:
-      return (f'non-finite loss, gradients or parameters at step {step}, the '
-              f'first step after resuming from checkpoint {self.start_step} '
-              f'({values}): that checkpoint may be damaged even though its '
-              'arrays match their digests (e.g. written from a diverged '
-              'state by an older version); move its folder out of '
-              f'{self.ckpt_dir} to resume from the one before, or use '
-              '--overwrite to start over')
-    return (f'non-finite loss, gradients or parameters at step {step} '
-            f'({values}); stopped before saving it: {saved}; lower the '
-            'learning rate, or set config.skip_nonfinite_steps=True to skip '
-            'such updates')
-
-  def _check_skipped(self) -> None:
-    window = list(self.recent_finite)
-    skipped = window.count(False)
-    if len(window) >= 10 and skipped > self.skip_limit * len(window):
-      saved = (f'the last checkpoint, step {self.last_saved}, is intact'
-               if self.last_saved else 'no checkpoint was written')
-      raise NonFiniteError(
-          f'{skipped} of the last {len(window)} steps (up to step '
-          f'{self.step}) were non-finite and skipped, more than '
-          f'config.skip_nonfinite_limit={self.skip_limit:g} of them: the run '
-          f'is diverging; {saved}; lower the learning rate')
-
-  def _interval_rate(self) -> Optional[float]:
-    """Training images/s since the previous log record."""
-    seconds, steps = self.progress.timed(self.step)
-    last = self.last_log or (0.0, 0)
-    self.last_log = (seconds, steps)
-    if seconds - last[0] <= 0 or steps == last[1]:
-      return None
-    return (steps - last[1]) * self.trainer.batch_size / (seconds - last[0])
-
-  def _first_line(self, k: int, seconds: float) -> None:
-    loss = ''
-    if self.trainer.process_count == 1:
-      self._collect()
-      shown = self.unlogged.peek()
-      if 'train_loss' in shown:
-        loss = f' (train loss {shown["train_loss"]:.4f})'
-    logging.info(
-        'step %s/%s: the first %s done in %.1f s, compilation included%s; '
-        'progress every %d steps or %.0f s', f'{self.step:,}',
-        f'{self.trainer.total_steps:,}',
-        'step' if k == 1 else f'{k} steps', seconds, loss,
-        self.config.log_every_steps, PROGRESS_EVERY_SECONDS)
-
-  def _projection(self) -> None:
-    """Once, at the first progress line after the compiling dispatch (30 s
-    or `log_every_steps` of timing): the projected wall time of the rest of
-    the run on this device."""
-    seconds, steps = self.progress.timed(self.step)
-    if self.projected or seconds <= 0 or steps < 2 or \
-        self.step >= self.trainer.total_steps:
-      return
-    self.projected = True
-    logging.info(
-        'Projected wall time on this device (%s): %s for the remaining %s '
-        'steps at %s img/s', jax.devices()[0].device_kind,
-        self.progress.eta(self.step),
-        f'{self.trainer.total_steps - self.step:,}',
-        f'{self.progress.images_per_sec(self.step):,.0f}')
-
-  # -- evaluation and checkpoints --------------------------------------------
-
-  def _evaluate(self, record: Dict[str, Any]) -> None:
-    self._collect()
-    jax.block_until_ready(self.pstate.params)
-    self.progress.pause(self.step)
-    t0 = time.time()
-    result = self.trainer.evaluator.evaluate(self.pstate.params)
-    seconds = time.time() - t0
-    self.progress.eval_seconds = seconds
-    self.eval_seconds += seconds
-    self.progress.resume()
-    self.last_eval = result
-    if np.isfinite(result['eval_accuracy']):
-      self.best_acc = max(self.best_acc, result['eval_accuracy'])
-    record.update(result)
-    record['epoch'] = self.step / self.trainer.steps_per_epoch
-    logging.info('step %s: eval loss %.4f, accuracy %s (%s examples, %.1f s)',
-                 f'{self.step:,}', result['eval_loss'],
-                 _pct(result['eval_accuracy']),
-                 f'{result["eval_examples"]:,}', seconds)
-    if self.trainer.minival is not None:
-      self.progress.pause(self.step)
-      t0 = time.time()
-      minival = {k.replace('eval_', 'minival_'): v for k, v in
-                 self.trainer.minival.evaluate(self.pstate.params).items()}
-      self.progress.resume()
-      self.eval_seconds += time.time() - t0
-      self.last_minival = minival
-      record.update(minival)
-      logging.info('step %s: minival loss %.4f, accuracy %s (%s examples)',
-                   f'{self.step:,}', minival['minival_loss'],
-                   _pct(minival['minival_accuracy']),
-                   f'{minival["minival_examples"]:,}')
-
-  def _evaluate_fewshot(self, record: Dict[str, Any]) -> None:
-    self._collect()
-    jax.block_until_ready(self.pstate.params)
-    self.progress.pause(self.step)
-    t0 = time.time()
-    result = self.trainer.fewshot.evaluate(self.pstate.params)
-    self.progress.resume()
-    self.eval_seconds += time.time() - t0
-    self.last_fewshot = result
-    record.update(result)
-    logging.info('step %s: few-shot linear accuracy %s (%.1f s)',
-                 f'{self.step:,}', ', '.join(
-                     f'{k.split("/", 1)[-1]} {_pct(v)}'
-                     for k, v in result.items()), time.time() - t0)
-
-  def _save(self) -> None:
-    self._collect()  # Never save a non-finite state.
-    jax.block_until_ready(self.pstate.step)
-    self.progress.pause(self.step)
-    host_state = jax.device_get(devices.unreplicate(self.pstate))
-    checkpoints.save(self.mgr, self.step, step_lib.state_dict(host_state),
-                     {'step': self.step, 'config': self.config_json,
-                      'unlogged': self.unlogged.to_json()})
-    self.last_saved, self.last_saved_time = self.step, time.time()
-    self.progress.resume()
-
-  def _stop(self) -> None:
-    """Saves the current step (its dispatch is done or nearly) and raises
-    `Interrupted` naming the checkpoint to resume from."""
-    self.stop.saving.set()
-    t0 = time.time()
-    self._collect()
-    jax.block_until_ready(self.pstate.step)
-    if self.step != self.last_saved and self.step > self.start_step:
-      self._save()
-    checkpoints.wait_until_finished(self.mgr)
-    if self.last_saved:
-      where = (f'checkpoint {self.last_saved} is in {self.ckpt_dir} (saved '
-               f'in {time.time() - t0:.1f} s)')
-    else:
-      where = 'no checkpoint was written; the next run starts over'
-    raise stopping.Interrupted(f'stopped at step {self.step:,} of '
-                      f'{self.trainer.total_steps:,}: {where}; run the same '
-                      'command again to resume')
-
-  def _fallback_message(self) -> str:
-    """What the stop watchdog says when it exits without the loop's help."""
-    rate = self.progress.images_per_sec(self.step)
-    per_step = (f' (a step takes ~{self.trainer.batch_size / rate:.0f} s '
-                'here)' if rate else '')
-    if self.last_saved:
-      ago = metrics_lib.format_duration(time.time() - self.last_saved_time)
-      where = (f'the last checkpoint is step {self.last_saved} in '
-               f'{self.ckpt_dir}, saved {ago} ago; run the same command '
-               'again to resume from it')
-    else:
-      where = ('no checkpoint was written yet; the next run starts over '
-               '(config.checkpoint_every_minutes bounds what a stop loses)')
-    return (f'stopped during step {self.step + 1:,}{per_step} without '
-            f'waiting for it: {where}')
-
-
-def _prefetch(chunks: Iterator[Tuple[int, Any]], size: int = 2
-              ) -> Iterator[Tuple[int, Any]]:
-  """Keeps `size` chunks in flight to the local devices (split on axis 0)."""
-  queue = collections.deque()
-
-  def put(chunk):
-    k, arrays = chunk
-    return k, tuple(devices.shard(a) for a in arrays)
-
-  for chunk in chunks:
-    queue.append(put(chunk))
-    if len(queue) >= size:
-      yield queue.popleft()
-  while queue:
-    yield queue.popleft()

@@ -10,7 +10,6 @@ from mixer import models
 from mixer import optim
 from mixer import train
 from tests.conftest import REPO
-from tests.conftest import tiny_config
 
 EXPERIMENTS = sorted(
     p.stem for p in (REPO / 'configs').glob('*.py')

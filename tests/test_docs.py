@@ -34,7 +34,6 @@ import pathlib
 import re
 import shlex
 import subprocess
-import sys
 from typing import List, Optional
 
 import pytest
@@ -114,7 +113,7 @@ def collect(doc: str) -> List[List[Command]]:
     prev = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()),
                 '')
     mark = SKIP_MARK.search(prev)
-    start, i = i + 1, i + 1
+    i += 1
     body = []
     while i < len(lines) and not lines[i].startswith('```'):
       body.append((i + 1, lines[i]))
@@ -134,7 +133,6 @@ def collect(doc: str) -> List[List[Command]]:
           commands.append(Command(doc, first, part,
                                   mark.group(1) if mark else None))
       text, first = '', None
-    del start
     if commands:
       blocks.append(commands)
   return blocks

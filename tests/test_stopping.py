@@ -15,8 +15,6 @@ import sys
 import threading
 import time
 
-import pytest
-
 from mixer import checkpoints
 from mixer import stopping
 from mixer import train

@@ -13,6 +13,7 @@ import pytest
 
 from mixer import checkpoints
 from mixer import data as input_pipeline
+from mixer import loop
 from mixer import train
 from tests.conftest import REPO
 from tests.conftest import tiny_config
@@ -223,7 +224,7 @@ def test_feedback_within_seconds_and_honest_throughput(tmp_path, data_dir,
     return evaluate(self, params)
 
   monkeypatch.setattr(classification.Evaluator, 'evaluate', slow_eval)
-  monkeypatch.setattr(train, 'PROGRESS_EVERY_SECONDS', 0.0)
+  monkeypatch.setattr(loop, 'PROGRESS_EVERY_SECONDS', 0.0)
   caplog.set_level('INFO')
   results = train.train_and_evaluate(
       tiny_config(num_train_steps=8, log_every_steps=100, eval_every_steps=4,
