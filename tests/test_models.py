@@ -245,3 +245,70 @@ def test_build_model_from_config():
   bad['hidden_size'] = 3
   with pytest.raises(ValueError, match='model.hidden_size'):
     models.build_model(bad)
+
+
+@pytest.mark.parametrize('scale', [True, False], ids=['timm', 'big_vision'])
+def test_stochastic_depth_against_a_hand_computation(scale, monkeypatch):
+  # One MixerBlock in training mode at rate 0.5, recomputed by hand from its
+  # own parameters: each residual branch is multiplied by a per-example 0/1
+  # mask (the model's own draws, read back from `drop_path`) and divided by
+  # (1 - rate) only with timm's scaling; inference is the plain block.
+  rate = 0.5
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 16, 4)),
+                  jnp.float32)
+  block = models.MixerBlock(tokens_mlp_dim=6, channels_mlp_dim=10,
+                            stoch_depth_rate=rate, stoch_depth_scale=scale)
+  params = block.init(jax.random.PRNGKey(0), x)['params']
+  calls, drop_path = [], models.drop_path
+
+  def spy(y, r, deterministic, rng, s=True):
+    out = drop_path(y, r, deterministic, rng, s)
+    calls.append((np.asarray(y), np.asarray(out)))
+    return out
+
+  monkeypatch.setattr(models, 'drop_path', spy)
+  got = block.apply({'params': params}, x, train=True,
+                    rngs={'dropout': jax.random.PRNGKey(5)})
+
+  def mlp(p, y):
+    h = nn.gelu(y @ p['Dense_0']['kernel'] + p['Dense_0']['bias'])
+    return h @ p['Dense_1']['kernel'] + p['Dense_1']['bias']
+
+  def norm(p, y):
+    mean = y.mean(-1, keepdims=True)
+    var = ((y - mean) ** 2).mean(-1, keepdims=True)
+    return (y - mean) / jnp.sqrt(var + 1e-6) * p['scale'] + p['bias']
+
+  factor = 1 / (1 - rate) if scale else 1.0
+  (y0, out0), (y1, out1) = calls
+  token = jnp.swapaxes(mlp(params['token_mixing'], jnp.swapaxes(
+      norm(params['LayerNorm_0'], x), 1, 2)), 1, 2)
+  np.testing.assert_allclose(y0, token, rtol=1e-5, atol=1e-6)
+  kept = [np.all(out != 0, axis=(1, 2)) for out in (out0, out1)]
+  for y, out, k in ((y0, out0, kept[0]), (y1, out1, kept[1])):
+    assert 0 < k.sum() < 8  # Both kinds of example occur.
+    np.testing.assert_allclose(out[k], y[k] * factor, rtol=1e-6)
+    assert not np.any(out[~k])
+  h = x + jnp.where(kept[0][:, None, None], token * factor, 0.0)
+  channel = mlp(params['channel_mixing'], norm(params['LayerNorm_1'], h))
+  np.testing.assert_allclose(y1, channel, rtol=1e-5, atol=1e-6)
+  want = h + jnp.where(kept[1][:, None, None], channel * factor, 0.0)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  # Inference: the plain block, whichever scaling.
+  plain = models.MixerBlock(tokens_mlp_dim=6, channels_mlp_dim=10)
+  np.testing.assert_array_equal(
+      block.apply({'params': params}, x, train=False),
+      plain.apply({'params': params}, x, train=False))
+
+
+def test_head_bias_init_and_unchanged_tree():
+  m = models.MlpMixer(**TINY, head_bias_init=-6.9)
+  params = m.init(jax.random.PRNGKey(0), _image(n=1), train=False)['params']
+  np.testing.assert_array_equal(params['head']['bias'], np.full(7, -6.9,
+                                                                np.float32))
+  assert not np.any(params['head']['kernel'])
+  plain = models.MlpMixer(**TINY).init(jax.random.PRNGKey(0), _image(n=1),
+                                       train=False)['params']
+  assert _flat_shapes(params) == _flat_shapes(plain)
+  logits = m.apply({'params': params}, _image(n=2), train=False)
+  np.testing.assert_allclose(logits, -6.9, rtol=1e-6)
