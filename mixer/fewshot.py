@@ -21,18 +21,12 @@ import time
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from absl import flags
-import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
 
-from mixer import models
-from mixer import params as params_lib
 from mixer import pretrained
 from mixer import workdir as workdir_lib
 from mixer.evaluators.fewshot import FewShotEvaluator
 from mixer.evaluators.fewshot import fewshot_config
-from mixer.evaluators.fewshot import headless
-from mixer.evaluators.fewshot import strip_head
 
 _CONFIG = None
 _CHECKPOINT = None
@@ -89,22 +83,9 @@ def parse_shots(values: Sequence[str]) -> Tuple[int, ...]:
 
 
 def load_checkpoint(config, checkpoint: str):
-  """(model, headless params) from an official `.npz` or an orbax
-  checkpoint, checked against `config.model` without its head."""
-  model = headless(models.build_model(config.model))
-  shape = models.input_shape(config)
-  model.check(shape)
-  expected = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape),
-                         train=False))['params']
-  params = strip_head(pretrained.load_params(checkpoint))
-  try:
-    params_lib.check_params(params, expected,
-                            source=f'checkpoint {checkpoint}')
-  except ValueError as e:
-    raise ValueError(f'{e} (is --config the one {checkpoint} was trained '
-                     'with?)') from e
-  return model, jax.tree_util.tree_map(jnp.asarray, params)
+  """(headless model, params without head) from an official `.npz` or an
+  orbax checkpoint, checked against `config.model`."""
+  return pretrained.load_for_model(config, checkpoint, head=False)
 
 
 def format_table(results: Dict[str, Dict[int, float]],

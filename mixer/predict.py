@@ -32,7 +32,6 @@ if __name__ == '__main__':
   from mixer import cli  # pylint: disable=g-import-not-at-top
 
 import os
-import zipfile
 from typing import List, Sequence, Tuple
 
 from absl import flags
@@ -42,10 +41,8 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
-from mixer import checkpoints
 from mixer import data
 from mixer import models
-from mixer import params as params_lib
 from mixer import pretrained
 from mixer import workdir as workdir_lib
 from mixer.augment import normalize
@@ -132,91 +129,9 @@ def load_image(path: str, config) -> np.ndarray:
   return x.reshape(h, w, int(config.channels))
 
 
-_EXPECTED = ("pass an official .npz file (e.g. Mixer-B_16.npz) or a run's "
-             'orbax checkpoint: its workdir, its checkpoints/ folder or one '
-             'step folder')
-
-
-def _orbax_step_dir(path: str) -> str:
-  """The step folder an orbax `path` (workdir, checkpoints/ folder or step
-  folder) stands for: its latest complete step."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, checkpoints.CHECKPOINT_SUBDIR)):
-    path = os.path.join(path, checkpoints.CHECKPOINT_SUBDIR)
-  if os.path.isdir(os.path.join(path, 'state')):
-    return path
-  steps = checkpoints.complete_steps(path)
-  if not steps:
-    raise ValueError(f'no checkpoint found in {path}: {_EXPECTED} (a '
-                     'folder holding checkpoints/<step>/ or state/)')
-  return os.path.join(path, str(steps[-1]))
-
-
-def check_checkpoint(checkpoint: str) -> None:
-  """Raises one ValueError naming `checkpoint` when it is missing, a file
-  that is not an `.npz` (zip) archive, or a folder without a checkpoint."""
-  if '://' in checkpoint:
-    return  # gs://...: read through tf.io.gfile by `pretrained`.
-  if not os.path.exists(checkpoint):
-    raise ValueError(f'checkpoint {checkpoint} does not exist; {_EXPECTED}')
-  if os.path.isdir(checkpoint):
-    _orbax_step_dir(checkpoint)
-  elif not zipfile.is_zipfile(checkpoint):
-    size = os.path.getsize(checkpoint)
-    raise ValueError(
-        f'checkpoint {checkpoint} is not an .npz archive (a file of {size:,} '
-        'bytes that is not a zip file) nor an orbax checkpoint folder; '
-        f'{_EXPECTED}')
-
-
-def load_checkpoint_params(checkpoint: str):
-  """The parameter tree of an official `.npz` or an orbax checkpoint.
-
-  Raises:
-    ValueError: one line naming `checkpoint`: missing, a file that is not
-      an `.npz` archive, a folder without a checkpoint, or a step that
-      cannot be read (damaged or truncated files).
-  """
-  check_checkpoint(checkpoint)
-  if not os.path.isdir(checkpoint):
-    return pretrained.load_params(checkpoint)
-  step_dir = _orbax_step_dir(checkpoint)
-  try:
-    return pretrained.load_params(step_dir)
-  except Exception as e:  # pylint: disable=broad-except
-    text = _cause_text(e)
-    text = text if len(text) <= 240 else text[:237] + '...'
-    raise ValueError(
-        f'cannot read the orbax checkpoint {step_dir}: it is damaged or '
-        f'incomplete ({text}); pass another step folder or a good copy of '
-        'it') from e
-
-
-def _cause_text(e: BaseException) -> str:
-  """`e` as one line without the prefixes earlier wrappers added."""
-  text = ' '.join(str(e).split())
-  for prefix in ('cannot read orbax checkpoint ',):
-    if text.startswith(prefix) and ': ' in text:
-      text = text.split(': ', 1)[1]
-  return text
-
-
 def load_model_params(config, checkpoint: str):
   """(model, params), checking the checkpoint fits `config.model` exactly."""
-  model = models.build_model(config.model)
-  shape = models.input_shape(config)
-  model.check(shape)
-  expected = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape),
-                         train=False))['params']
-  params = load_checkpoint_params(checkpoint)
-  try:
-    params_lib.check_params(params, expected,
-                             source=f'checkpoint {checkpoint}')
-  except ValueError as e:
-    raise ValueError(f'{e} (is --config the one {checkpoint} was trained '
-                     'with?)') from e
-  return model, jax.tree_util.tree_map(jnp.asarray, params)
+  return pretrained.load_for_model(config, checkpoint)
 
 
 def predict(config, checkpoint: str, image_paths: Sequence[str],
@@ -262,7 +177,7 @@ def resolve_config(config, checkpoint: str):
       checkpoint) else None
   if run is None:
     if config is None:
-      check_checkpoint(checkpoint)
+      pretrained.check_checkpoint(checkpoint)
       what = ('has no config.json beside it' if os.path.isdir(checkpoint)
               else 'is an .npz file, which holds no config')
       raise ValueError(f'--config is required: {checkpoint} {what}; pass '
@@ -285,7 +200,7 @@ def resolve_config(config, checkpoint: str):
 def main(argv):
   logging.set_verbosity(logging.WARNING)
   if not _CHECKPOINT.value:
-    raise ValueError('--checkpoint is required: ' + _EXPECTED)
+    raise ValueError('--checkpoint is required: ' + pretrained.EXPECTED)
   config, warning = resolve_config(_CONFIG.value, _CHECKPOINT.value)
   if warning:
     cli.warn(warning)

@@ -14,6 +14,7 @@ Owns reading and writing weights outside a run; never writes into a workdir
 """
 
 import os
+import zipfile
 from typing import Any, Dict, Tuple
 
 from absl import logging
@@ -23,6 +24,7 @@ import numpy as np
 
 from mixer import checkpoints
 from mixer import models
+from mixer.params import check_params
 from mixer.params import flatten_params
 from mixer.params import flatten_params_shapes
 from mixer.params import raise_problems
@@ -115,28 +117,104 @@ def save_npz(params: Any, path: str) -> None:
     os.replace(tmp, path)
 
 
-def load_params(path: str) -> Dict[str, Any]:
-  """Params from an official `.npz` or from one of this project's orbax
-  checkpoints (a workdir, its `checkpoints/` folder or one step folder).
+# What a checkpoint argument may be, for the errors that say it.
+EXPECTED = ("pass an official .npz file (e.g. Mixer-B_16.npz) or a run's "
+             'orbax checkpoint: its workdir, its checkpoints/ folder or one '
+             'step folder')
+
+
+def _orbax_step_dir(path: str) -> str:
+  """The step folder an orbax `path` (workdir, checkpoints/ folder or step
+  folder) stands for: its latest complete step."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, checkpoints.CHECKPOINT_SUBDIR)):
+    path = os.path.join(path, checkpoints.CHECKPOINT_SUBDIR)
+  if os.path.isdir(os.path.join(path, 'state')):
+    return path
+  steps = checkpoints.complete_steps(path)
+  if not steps:
+    raise ValueError(f'no checkpoint found in {path}: {EXPECTED} (a '
+                     'folder holding checkpoints/<step>/ or state/)')
+  return os.path.join(path, str(steps[-1]))
+
+
+def check_checkpoint(checkpoint: str) -> None:
+  """Raises one ValueError naming `checkpoint` when it is missing, a file
+  that is not an `.npz` (zip) archive, or a folder without a checkpoint."""
+  if '://' in checkpoint:
+    return  # gs://...: read through tf.io.gfile by `pretrained`.
+  if not os.path.exists(checkpoint):
+    raise ValueError(f'checkpoint {checkpoint} does not exist; {EXPECTED}')
+  if os.path.isdir(checkpoint):
+    _orbax_step_dir(checkpoint)
+  elif not zipfile.is_zipfile(checkpoint):
+    size = os.path.getsize(checkpoint)
+    raise ValueError(
+        f'checkpoint {checkpoint} is not an .npz archive (a file of {size:,} '
+        'bytes that is not a zip file) nor an orbax checkpoint folder; '
+        f'{EXPECTED}')
+
+
+def load_params(checkpoint: str) -> Dict[str, Any]:
+  """The parameter tree (numpy arrays) of an official `.npz` or of one of
+  this project's orbax checkpoints (a workdir, its `checkpoints/` folder or
+  one step folder: its latest complete step).
 
   Raises:
-    ValueError: naming `path` when nothing readable is there.
+    ValueError: one line naming `checkpoint`: missing, a file that is not
+      an `.npz` archive, a folder without a checkpoint, or a step that
+      cannot be read (damaged or truncated files).
   """
-  if path.endswith('.npz') or os.path.isfile(path):
-    return load_npz(path)
-  if not os.path.isdir(path):
-    raise ValueError(f'checkpoint {path} does not exist (expected an official '
-                     '.npz file or an orbax workdir / checkpoint folder)')
+  check_checkpoint(checkpoint)
+  if not os.path.isdir(checkpoint):
+    return load_npz(checkpoint)
+  step_dir = _orbax_step_dir(checkpoint)
   try:
-    params = checkpoints.restore_params(path)
-  except ValueError:
-    raise
+    params = checkpoints.restore_params(step_dir)
   except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f'cannot read orbax checkpoint {path}: '
-                     f'{type(e).__name__}: {e}') from e
+    text = _cause_text(e)
+    text = text if len(text) <= 240 else text[:237] + '...'
+    raise ValueError(
+        f'cannot read the orbax checkpoint {step_dir}: it is damaged or '
+        f'incomplete ({text}); pass another step folder or a good copy of '
+        'it') from e
   return jax.tree_util.tree_map(np.asarray, unfreeze(params))
 
 
+def _cause_text(e: BaseException) -> str:
+  """`e` as one line without the prefixes earlier wrappers added."""
+  text = ' '.join(str(e).split())
+  for prefix in ('cannot read orbax checkpoint ',):
+    if text.startswith(prefix) and ': ' in text:
+      text = text.split(': ', 1)[1]
+  return text
+
+
+def load_for_model(config, checkpoint: str, *, head: bool = True):
+  """(model, params) from `checkpoint`, checked to fit `config.model`
+  exactly; with `head=False`, the headless model (`num_classes=0`) and the
+  params without their `head`.
+
+  Raises:
+    ValueError: one line naming the checkpoint and the first parameter that
+      does not fit, or what is wrong with the checkpoint itself.
+  """
+  model = models.build_model(config.model,
+                             **({} if head else {'num_classes': 0}))
+  shape = models.input_shape(config)
+  model.check(shape)
+  expected = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + shape),
+                         train=False))['params']
+  params = load_params(checkpoint)
+  if not head:
+    params = {k: v for k, v in params.items() if k != 'head'}
+  try:
+    check_params(params, expected, source=f'checkpoint {checkpoint}')
+  except ValueError as e:
+    raise ValueError(f'{e} (is --config the one {checkpoint} was trained '
+                     'with?)') from e
+  return model, jax.tree_util.tree_map(jnp.asarray, params)
 
 
 def resolution_factor(old_grid: Tuple[int, int],

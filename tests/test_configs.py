@@ -74,13 +74,9 @@ def test_local_config_takes_a_short_run(name, tmp_path, data_dir):
   assert jnp.isfinite(results['final_eval_loss'])
 
 
-@pytest.fixture(scope='module')
-def standin_dir(tmp_path_factory):
-  from benchmarks import input_pipeline as standin  # pylint: disable=g-import-not-at-top
-  root = str(tmp_path_factory.mktemp('tensorflow_datasets'))
-  standin.write_imagenet2012_standin(root, num_train=64, num_val=24)
-  standin.write_imagenet21k_standin(root, num=48)
-  return root
+@pytest.fixture
+def standin_dir(imagenet_standin):
+  return imagenet_standin
 
 
 def _shrunk(name, standin_dir):

@@ -32,7 +32,6 @@ from mixer import train
 tfds = pytest.importorskip('tensorflow_datasets')
 tf = pytest.importorskip('tensorflow')
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from benchmarks import input_pipeline as standin
 
 # config file -> (variant, dataset, RandAugment magnitude, mixup alpha).
 TABLE4_CONFIGS = {
@@ -49,13 +48,10 @@ def _config(name, arg=None):
   return importlib.import_module(f'configs.{name}').get_config(arg)
 
 
-@pytest.fixture(scope='module')
-def tfds_dir(tmp_path_factory):
-  """A TFDS data dir with stand-in `imagenet2012` and `imagenet21k`."""
-  root = str(tmp_path_factory.mktemp('tensorflow_datasets'))
-  standin.write_imagenet2012_standin(root, num_train=64, num_val=24)
-  standin.write_imagenet21k_standin(root, num=48)
-  return root
+@pytest.fixture
+def tfds_dir(imagenet_standin):
+  """The session's stand-in `imagenet2012` and `imagenet21k` TFDS data dir."""
+  return imagenet_standin
 
 
 def _run_and_warmup(c):
