@@ -560,3 +560,46 @@ def test_results_and_metrics_are_strict_json(tmp_path, data_dir, monkeypatch):
   assert last['eval_loss'] is None and last['nonfinite'] == ['eval_loss']
   assert metrics.dumps({'a': float('inf'), 'b': [1.0, float('nan')]}) == (
       '{"a": null, "b": [1.0, null], "nonfinite": ["a", "b[1]"]}')
+
+
+def test_nonfinite_first_step_after_a_resume_blames_the_checkpoint(
+    tmp_path, data_dir):
+  # A checkpoint holding NaN params with matching digests (written by an
+  # older version that saved a diverged state): it verifies, and the first
+  # step after resuming from it is non-finite. The error must point at the
+  # checkpoint, not advise a lower learning rate.
+  config = tiny_config(num_train_steps=4, checkpoint_every_steps=2,
+                       log_every_steps=2)
+  train.train_and_evaluate(config, str(tmp_path))
+  mgr = checkpoints.manager(str(tmp_path))
+  target = step_lib.state_dict(step_lib.create_train_state(
+      config, models.build_model(config.model),
+      optim.make_optimizer(config, 4), jax.random.PRNGKey(0)))
+  _, state, meta = checkpoints.restore(mgr, target, step=2)
+  state = jax.tree_util.tree_map(np.asarray, state)
+  state['params']['head']['bias'] = np.full_like(
+      state['params']['head']['bias'], np.nan)
+  shutil.rmtree(tmp_path / 'checkpoints')
+  mgr.close()
+  mgr = checkpoints.manager(str(tmp_path))
+  checkpoints.save(mgr, 2, state, meta)
+  checkpoints.wait_until_finished(mgr)
+  mgr.close()
+  with pytest.raises(train.NonFiniteError) as e:
+    train.train_and_evaluate(config, str(tmp_path))
+  text = _one_line(e)
+  assert 'at step 3, the first step after resuming from checkpoint 2' in text
+  assert 'that checkpoint may be damaged' in text
+  assert 'lower the learning rate' not in text
+
+
+def test_data_stored_at_another_size_is_said(data_dir):
+  # Fashion-MNIST is stored at 28x28; a 32x32 config resizes it on the host,
+  # which the run's first lines say.
+  config = tiny_config('fashion_mnist_seed002', image_size=32,
+                       **{'model.patches.size': (4, 4)})
+  trainer = train.Trainer(config)
+  assert trainer.resized and trainer.stream_train
+  assert ('fashion_mnist images are stored at 28x28 but the model takes '
+          '32x32: they are resized on the host (tf.data) for training and '
+          'evaluation') in trainer.describe()
