@@ -47,8 +47,12 @@ def make_minimal_step(config, model, tx: optax.GradientTransformation
 
 def init(model, tx: optax.GradientTransformation, image_shape, rng
          ) -> Tuple[Any, Any]:
-  """(params, opt_state) for inputs of `image_shape` (h, w, c)."""
+  """(params, opt_state) for inputs of `image_shape` (h, w, c): the same
+  parameters `mixer.step.create_train_state` draws from `rng`, so both
+  steps start from one point (and reach the same loss)."""
   x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-  params = jax.jit(lambda r: model.init({'params': r}, x, train=False))(rng)
+  rng_init, _ = jax.random.split(rng)
+  params = jax.jit(lambda r: model.init({'params': r}, x, train=False))(
+      rng_init)
   params = params['params']
   return params, jax.jit(tx.init)(params)

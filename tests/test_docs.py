@@ -17,7 +17,9 @@ tool (later flags win over earlier ones): 3 steps at batch 32 and an eval of
 at most 64 examples for training and sweeps (a command's own smaller eval
 split is kept; a warmup the command states in steps becomes 1 step, so that
 it fits), 256 test images for few-shot, 1 small step for benchmarks, few
-images for the input-pipeline and checkpoint benchmarks. Setup commands (venv, pip) and
+images for the input-pipeline and checkpoint benchmarks, the smallest model in
+one round for the side-by-side benchmark, and only Mixer-S/32 for the
+inference benchmark. Setup commands (venv, pip) and
 the test command itself are not run here.
 
 A block that needs what CI cannot have (a GPU, the internet, official
@@ -61,6 +63,10 @@ TINY = {
     'benchmarks/input_pipeline.py': ['--num_images=32', '--batches=2',
                                      '--warmup=1'],
     'benchmarks/checkpoint_integrity.py': ['--gigabytes=0.0625'],
+    'benchmarks/side_by_side.py': [
+        '--set=model.hidden_dim=32', '--set=model.num_blocks=1',
+        '--set=model.tokens_mlp_dim=16', '--set=model.channels_mlp_dim=64',
+        '--batch_size=8', '--rounds=1', '--steps=1', '--peers=project,minimal'],
     'mixer.fewshot': [f'--num_test={EVAL_EXAMPLES * 4}'],
 }
 
@@ -160,6 +166,8 @@ def shortened(command: Command) -> str:
     extra.append(f'--config.eval_split={_eval_split(command)}')
     if sets_warmup:  # An explicit warmup must fit the 3 steps.
       extra.append('--config.warmup_steps=1')
+  if command.tool == 'mixer.benchmark' and '--mode=inference' in command.text:
+    extra.append('--models=S/32')  # One Table 1 model, the smallest.
   if command.tool == 'sweep.py':
     extra.append(f'--set=eval_split=test[:{EVAL_EXAMPLES}]')
     if sets_warmup:

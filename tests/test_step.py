@@ -33,6 +33,10 @@ def test_project_step_is_the_minimal_step_without_augmentation():
   schedule = optim.learning_rate_schedule(config, 8)
   state = step_lib.create_train_state(config, model, tx, jax.random.PRNGKey(0))
   init = jax.tree_util.tree_map(np.asarray, state.params)
+  same, _ = minimal_step.init(model, tx, (32, 32, 3), jax.random.PRNGKey(0))
+  for a, b in zip(jax.tree_util.tree_leaves(same),
+                  jax.tree_util.tree_leaves(init)):
+    np.testing.assert_array_equal(a, b)  # One starting point.
   p_step = jax.pmap(step_lib.make_multi_step(step_lib.make_train_step(
       config, model, tx, schedule, 10)), axis_name='batch')
   pstate = devices.replicate(state)
