@@ -21,7 +21,9 @@ round -- and prints the median of the rounds and the ratios. Peers:
 minimal step's rate in the same round (neighbouring in time, so a load
 change on a shared machine hits both). Each worker also reports its compile
 time, its first step, XLA's temporary bytes and its peak resident memory.
-Output: progress on stderr, then a markdown table and one JSON line.
+Output: progress on stderr, then a markdown table and one JSON line. The
+project's step uses every local device (pmap), the minimal one a single
+device: compare on a machine with one (or CUDA_VISIBLE_DEVICES=0).
 
 timm and torch are not project requirements; the timm worker runs with
 `--timm_python` (default $MIXER_TIMM_PYTHON, else `.bench-venv/bin/python`
