@@ -9,8 +9,9 @@ the repository's files, with `../shared` beside it, so relative paths
 repository root. The commands of one block run in order in one sandbox (a
 sweep, then its report).
 
-A command identical to an earlier one up to its `--workdir` (the README and
-docs/data.md both show the main job) is run once.
+A command identical to an earlier one up to its `--workdir` and the values
+that `TINY` overrides (the README and docs/data.md both show the main job;
+docs/benchmarks.md shows the side-by-side at two batch sizes) is run once.
 
 Each command is shortened only by appending the overrides in `TINY` for its
 tool (later flags win over earlier ones): 3 steps at batch 32 and an eval of
@@ -179,18 +180,36 @@ def shortened(command: Command) -> str:
 BLOCKS = [block for doc in DOCS for block in collect(doc)]
 
 
-def _normalized(line: str) -> str:
-  return re.sub(r'--workdir=\S+', '--workdir=W', line)
+def _flag_key(word: str) -> str:
+  """'--batch_size=8' -> '--batch_size'; '--set=model.x=1' -> '--set=model.x'
+  (a repeatable --set is one flag per config field)."""
+  name, _, value = word.partition('=')
+  if name in ('--set', '--config') or name.startswith('--config.'):
+    return name + ('=' + value.split('=', 1)[0] if '=' in value else '')
+  return name
+
+
+def _normalized(line: str, tool: str) -> str:
+  """`line` as it runs: its workdir left out, and a flag that `TINY`
+  overrides for `tool` given only its last (winning) value."""
+  line = re.sub(r'--workdir=\S+', '--workdir=W', line)
+  overridden = {_flag_key(w) for w in TINY.get(tool, [])}
+  words = shlex.split(line)
+  keys = [_flag_key(w) if w.startswith('--') else None for w in words]
+  kept = [w for i, (w, k) in enumerate(zip(words, keys))
+          if k not in overridden or k not in keys[i + 1:]]
+  return ' '.join(kept)
 
 
 def _already_run(command: Command, line: str) -> Optional[str]:
   """The id of an earlier single-command block that runs exactly `line`
-  (up to its workdir), if any: such a command is checked once."""
+  (up to its workdir and the values `TINY` overrides), if any: such a
+  command is checked once."""
   for block in BLOCKS:
     if command in block:
       return None
     if len(block) == 1 and not block[0].skip and _normalized(
-        shortened(block[0])) == _normalized(line):
+        shortened(block[0]), block[0].tool) == _normalized(line, command.tool):
       return block[0].id
   return None
 
