@@ -38,6 +38,13 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.t
 bench_pair configs/cifar10_baseline.py 512
 bench_pair configs/cifar10_baseline.py 2048
 bench_pair configs/mixer_b16.py 256
+# The step beside the minimal jit'd step and timm (issue 21), interleaved.
+for b in 512 2048; do
+  python benchmarks/side_by_side.py --config=configs/cifar10_baseline.py \
+      --batch_size=$b --dtype=bfloat16 --steps=20 --rounds=7 \
+      --peers=project,project_augment,minimal,timm 2>/dev/null \
+      | tee -a "$OUT/side_by_side.txt"
+done
 
 if [ "${SKIP_TRAIN:-0}" != 1 ]; then
   rm -rf /tmp/fast

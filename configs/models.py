@@ -36,6 +36,9 @@ def mixer(*, patch, hidden_dim, num_blocks, tokens_mlp_dim, channels_mlp_dim,
   m.dtype = 'float32'
   m.stoch_depth_scale = True  # timm's rescaling; False: big_vision's mask.
   m.head_bias_init = 0.0
+  # Recompute the activation in the backward pass (less memory, same
+  # values; mixer/models.py, docs/benchmarks.md).
+  m.remat_activation = True
   for key, value in extensions.items():
     if key not in m:
       raise KeyError(f'unknown model field {key!r}')

@@ -29,10 +29,14 @@ bias (big_vision's `init_head_bias` for the sigmoid loss) and
 `num_classes=0` for a headless feature extractor returning the pooled
 representation.
 
-The GELU is recomputed in the backward pass (`jax.checkpoint`) instead of
-keeping its tanh intermediates: the same values, and on a CPU about 20% less
-memory for a training step (XLA otherwise keeps extra [batch, tokens, D_C]
-arrays per block).
+`remat_activation` (on by default) recomputes the activation in the backward
+pass (`jax.checkpoint`) instead of keeping its intermediates: bit-identical
+values, and for a training step of the CIFAR baseline on a CPU 20% less of
+XLA's temporary memory (768 of 3,834 MiB at batch 512: one [batch, tokens,
+D_C] and one [batch, C, D_S] float32 array per block) at no measured cost
+in speed (docs/benchmarks.md). Off (`model.remat_activation=False`) keeps
+them, for a device where memory is plentiful and the recomputation is not
+free.
 """
 
 from typing import Any, Callable, Optional, Sequence, Tuple
@@ -90,12 +94,15 @@ class MlpBlock(nn.Module):
   activation: str = 'gelu'
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  remat_activation: bool = True
 
   @nn.compact
   def __call__(self, x, *, deterministic: bool = True):
     y = nn.Dense(self.mlp_dim, dtype=self.dtype)(x)
-    # Recomputed in the backward pass from its input (module docstring).
-    y = jax.checkpoint(get_activation(self.activation))(y)
+    activation = get_activation(self.activation)
+    if self.remat_activation:  # Recomputed in the backward pass.
+      activation = jax.checkpoint(activation)
+    y = activation(y)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     y = nn.Dense(x.shape[-1], dtype=self.dtype)(y)
     return nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
@@ -133,12 +140,14 @@ class MixerBlock(nn.Module):
   stoch_depth_rate: float = 0.0
   dtype: Any = jnp.float32
   stoch_depth_scale: bool = True
+  remat_activation: bool = True
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     deterministic = not train
     mlp = lambda dim, name: MlpBlock(dim, self.activation, self.dropout_rate,
-                                     self.dtype, name=name)
+                                     self.dtype, self.remat_activation,
+                                     name=name)
     rng = lambda: (self.make_rng('dropout')
                    if train and self.stoch_depth_rate > 0 else None)
     y = nn.LayerNorm(dtype=self.dtype)(x)
@@ -175,6 +184,8 @@ class MlpMixer(nn.Module):
       log(1/1000)).
     use_pre_head_norm: the paper has a LayerNorm before pooling.
     dtype: computation dtype (parameters stay float32).
+    remat_activation: recompute the MLP activation in the backward pass
+      instead of storing it (module docstring); no effect on values.
   """
   patches: Any
   num_classes: int
@@ -190,6 +201,7 @@ class MlpMixer(nn.Module):
   model_name: Optional[str] = None
   stoch_depth_scale: bool = True
   head_bias_init: float = 0.0
+  remat_activation: bool = True
 
   def check(self, image_shape: Sequence[int]) -> None:
     """Raises one ValueError naming the bad field; `image_shape` is (h, w, c)."""
@@ -227,7 +239,7 @@ class MlpMixer(nn.Module):
       rate = self.stoch_depth * i / max(self.num_blocks - 1, 1)
       x = MixerBlock(self.tokens_mlp_dim, self.channels_mlp_dim,
                      self.activation, self.dropout_rate, rate, self.dtype,
-                     self.stoch_depth_scale,
+                     self.stoch_depth_scale, self.remat_activation,
                      name=f'MixerBlock_{i}')(x, train=train)
     if self.use_pre_head_norm:
       x = nn.LayerNorm(dtype=self.dtype, name='pre_head_layer_norm')(x)

@@ -52,6 +52,7 @@ RESUMABLE_FIELDS = (
     'grad_accum_steps', 'input_pipeline', 'data_dir', 'eval_split',
     'eval_batch_size', 'skip_nonfinite_steps', 'checkpoint_every_minutes',
     'minival_split', 'fewshot', 'skip_nonfinite_limit',
+    'model.remat_activation',  # Memory/speed only: the same values.
 )
 
 

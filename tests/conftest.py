@@ -3,7 +3,6 @@
 import os
 import pathlib
 import sys
-import tempfile
 
 import pytest
 
@@ -13,11 +12,12 @@ if str(REPO) not in sys.path:
 
 # Many tests compile the same tiny train step; a persistent compilation cache
 # (shared with the subprocesses the tests start, through the environment)
-# makes every compile after the first a cache hit. Speed only: a cache hit
-# runs the same executable a compile would produce.
-_CACHE = os.environ.setdefault(
-    'JAX_COMPILATION_CACHE_DIR',
-    os.path.join(tempfile.gettempdir(), f'mixer-test-jax-cache-{os.getuid()}'))
+# makes every compile after the first a cache hit. It lives in this checkout
+# (git-ignored), so another checkout or user on the machine neither shares
+# nor spoils it; delete the folder for a cold-cache run. Speed only: a cache
+# hit runs the same executable a compile would produce.
+_CACHE = os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                               str(REPO / '.jax-cache' / 'tests'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 # No TensorBoard events (metrics.jsonl is unchanged), so that the dozens of

@@ -1,4 +1,5 @@
-"""The benchmark times the real step and counts FLOPs right (CPU smoke)."""
+"""The benchmark times the real step (and the paper's inference throughput)
+and counts FLOPs right (CPU smoke)."""
 
 import json
 import subprocess
@@ -64,6 +65,60 @@ def test_cli_prints_one_json_line(tmp_path):
   assert r['train_tflops_per_s'] == pytest.approx(
       r['flops_per_image'] * r['img_per_s'] / 1e12, rel=1e-6)
   assert r['final_loss_finite']
+  # Time to the first step and memory, for docs/benchmarks.md's tables.
+  assert r['compile_s'] > 0 and r['first_dispatch_s'] > 0
+  assert r['xla_temp_bytes'] > 0 and r['peak_rss_mb'] > 100
+  # Progress while it runs (stderr), one line per stage.
+  progress = [l for l in out.stderr.splitlines()
+              if l.startswith('mixer.benchmark: ')]
+  assert any('compiling the step' in l for l in progress)
+  assert any('repeat 2/2' in l for l in progress)
+
+
+def test_inference_mode_prints_the_papers_column_beside_ours():
+  out = subprocess.run(
+      [sys.executable, '-m', 'mixer.benchmark', '--mode=inference',
+       '--models=S/32', '--batch_size=1', '--steps=1', '--repeats=1'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = out.stdout.strip().splitlines()
+  r = json.loads(lines[0])
+  assert r['model'] == 'Mixer-S/32' and r['image_size'] == [224, 224, 3]
+  assert r['dtype'] == 'float32'  # A CPU has no fast bfloat16.
+  assert r['paper_img_per_s_per_core'] == 11489
+  assert r['img_per_s_per_core'] * r['cores'] == pytest.approx(r['img_per_s'])
+  assert r['ratio_to_paper'] == pytest.approx(
+      r['img_per_s_per_core'] / 11489)
+  assert r['forward_gflop_per_image'] == pytest.approx(
+      2 * flops.forward_macs_per_image(_table1_config('S/32')) / 1e9)
+  assert lines[-1].startswith('| Mixer-S/32 | 224 | 1 | float32 |')
+  assert '11,489' in lines[-1]
+  assert 'compiling the forward pass' in out.stderr
+
+
+def _table1_config(variant):
+  from mixer import throughput  # pylint: disable=g-import-not-at-top
+  return throughput.variant_config(variant)
+
+
+def test_inference_mode_at_448_grows_the_token_mixing_width():
+  from mixer import throughput  # pylint: disable=g-import-not-at-top
+  c = throughput.variant_config('L/16', 448)
+  assert c.model.tokens_mlp_dim == 4 * 512 and c.image_size == 448
+  assert throughput.paper_value('L/16', 448) == 105
+  assert throughput.paper_value('S/32', 448) is None
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--mode=inference', '--models=B/8'], '--models: unknown model(s) B/8'),
+    (['--mode=serve'], "--mode must be one of train, inference, got 'serve'"),
+    ([], '--config is required in train mode'),
+])
+def test_bad_mode_or_model_is_one_clear_error(args, message):
+  out = subprocess.run([sys.executable, '-m', 'mixer.benchmark', *args],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1].startswith(f'error: {message}')
 
 
 def test_cli_bad_batch_is_one_clear_error():

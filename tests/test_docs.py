@@ -9,15 +9,18 @@ the repository's files, with `../shared` beside it, so relative paths
 repository root. The commands of one block run in order in one sandbox (a
 sweep, then its report).
 
-A command identical to an earlier one up to its `--workdir` (the README and
-docs/data.md both show the main job) is run once.
+A command identical to an earlier one up to its `--workdir` and the values
+that `TINY` overrides (the README and docs/data.md both show the main job;
+docs/benchmarks.md shows the side-by-side at two batch sizes) is run once.
 
 Each command is shortened only by appending the overrides in `TINY` for its
 tool (later flags win over earlier ones): 3 steps at batch 32 and an eval of
 at most 64 examples for training and sweeps (a command's own smaller eval
 split is kept; a warmup the command states in steps becomes 1 step, so that
 it fits), 256 test images for few-shot, 1 small step for benchmarks, few
-images for the input-pipeline and checkpoint benchmarks. Setup commands (venv, pip) and
+images for the input-pipeline and checkpoint benchmarks, the smallest model in
+one round for the side-by-side benchmark, and only Mixer-S/32 for the
+inference benchmark. Setup commands (venv, pip) and
 the test command itself are not run here.
 
 A block that needs what CI cannot have (a GPU, the internet, official
@@ -34,6 +37,7 @@ import pathlib
 import re
 import shlex
 import subprocess
+import sys
 from typing import List, Optional
 
 import pytest
@@ -61,6 +65,10 @@ TINY = {
     'benchmarks/input_pipeline.py': ['--num_images=32', '--batches=2',
                                      '--warmup=1'],
     'benchmarks/checkpoint_integrity.py': ['--gigabytes=0.0625'],
+    'benchmarks/side_by_side.py': [
+        '--set=model.hidden_dim=32', '--set=model.num_blocks=1',
+        '--set=model.tokens_mlp_dim=16', '--set=model.channels_mlp_dim=64',
+        '--batch_size=8', '--rounds=1', '--steps=1', '--peers=project,minimal'],
     'mixer.fewshot': [f'--num_test={EVAL_EXAMPLES * 4}'],
 }
 
@@ -160,6 +168,8 @@ def shortened(command: Command) -> str:
     extra.append(f'--config.eval_split={_eval_split(command)}')
     if sets_warmup:  # An explicit warmup must fit the 3 steps.
       extra.append('--config.warmup_steps=1')
+  if command.tool == 'mixer.benchmark' and '--mode=inference' in command.text:
+    extra.append('--models=S/32')  # One Table 1 model, the smallest.
   if command.tool == 'sweep.py':
     extra.append(f'--set=eval_split=test[:{EVAL_EXAMPLES}]')
     if sets_warmup:
@@ -170,18 +180,36 @@ def shortened(command: Command) -> str:
 BLOCKS = [block for doc in DOCS for block in collect(doc)]
 
 
-def _normalized(line: str) -> str:
-  return re.sub(r'--workdir=\S+', '--workdir=W', line)
+def _flag_key(word: str) -> str:
+  """'--batch_size=8' -> '--batch_size'; '--set=model.x=1' -> '--set=model.x'
+  (a repeatable --set is one flag per config field)."""
+  name, _, value = word.partition('=')
+  if name in ('--set', '--config') or name.startswith('--config.'):
+    return name + ('=' + value.split('=', 1)[0] if '=' in value else '')
+  return name
+
+
+def _normalized(line: str, tool: str) -> str:
+  """`line` as it runs: its workdir left out, and a flag that `TINY`
+  overrides for `tool` given only its last (winning) value."""
+  line = re.sub(r'--workdir=\S+', '--workdir=W', line)
+  overridden = {_flag_key(w) for w in TINY.get(tool, [])}
+  words = shlex.split(line)
+  keys = [_flag_key(w) if w.startswith('--') else None for w in words]
+  kept = [w for i, (w, k) in enumerate(zip(words, keys))
+          if k not in overridden or k not in keys[i + 1:]]
+  return ' '.join(kept)
 
 
 def _already_run(command: Command, line: str) -> Optional[str]:
   """The id of an earlier single-command block that runs exactly `line`
-  (up to its workdir), if any: such a command is checked once."""
+  (up to its workdir and the values `TINY` overrides), if any: such a
+  command is checked once."""
   for block in BLOCKS:
     if command in block:
       return None
     if len(block) == 1 and not block[0].skip and _normalized(
-        shortened(block[0])) == _normalized(line):
+        shortened(block[0]), block[0].tool) == _normalized(line, command.tool):
       return block[0].id
   return None
 
@@ -219,6 +247,9 @@ def test_documented_commands_run(block, tmp_path, data_dir):
     pytest.skip(f'{block[0].doc}:{block[0].line}: {block[0].skip}')
   root = _sandbox(tmp_path)
   env = dict(os.environ, JAX_PLATFORMS='cpu')
+  # `python` in a command is the Python running the tests (its venv), also
+  # when pytest was started as `.venv/bin/python -m pytest` without activating.
+  env['PATH'] = os.path.dirname(sys.executable) + os.pathsep + env['PATH']
   env.pop('MIXER_DATA_DIR', None)  # The command says where the data is.
   env['MIXER_DATA_DIR'] = str(shared_data_dir())  # Unless it does not.
   for command in block:
