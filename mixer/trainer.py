@@ -125,7 +125,10 @@ class Trainer:
            f'evaluates {info.num_eval:,} images at the end')
         + (f'; checkpoints every {c.checkpoint_every_steps:,} steps'
            if c.checkpoint_every_steps > 0 else '; checkpoints at the end')
-        + (f' and every {c.checkpoint_every_minutes:g} minutes'
+        + (f' and every {c.checkpoint_every_minutes:g} minutes (the first '
+           'after one minute of training)'
+           if c.get('checkpoint_every_minutes', 0) > 1 else
+           f' and every {c.checkpoint_every_minutes:g} minutes'
            if c.get('checkpoint_every_minutes', 0) > 0 else '')
         + (f'; minival {c.minival_split!r} evaluated beside '
            f'{c.eval_split!r}' if self.minival else '')

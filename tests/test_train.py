@@ -219,9 +219,9 @@ def test_feedback_within_seconds_and_honest_throughput(tmp_path, data_dir,
   from mixer.evaluators import classification  # pylint: disable=g-import-not-at-top
   evaluate = classification.Evaluator.evaluate
 
-  def slow_eval(self, params):
+  def slow_eval(self, params, stop=None):
     time.sleep(1.5)
-    return evaluate(self, params)
+    return evaluate(self, params, stop=stop)
 
   monkeypatch.setattr(classification.Evaluator, 'evaluate', slow_eval)
   monkeypatch.setattr(loop, 'PROGRESS_EVERY_SECONDS', 0.0)

@@ -18,6 +18,7 @@ from mixer import augment
 from mixer import data
 from mixer import losses
 from mixer import models
+from mixer.evaluators import EvaluationStopped
 
 
 def make_eval_step(model: models.MlpMixer, num_classes: int,
@@ -69,12 +70,17 @@ class Evaluator:
     self.p_eval = jax.pmap(
         make_eval_step(model, num_classes, config.get('loss', 'softmax')),
         axis_name='batch')
+    # Seconds of the last eval batch (None before the first): how long a
+    # stop request waits at most.
+    self.batch_seconds: Optional[float] = None
 
-  def evaluate(self, params) -> Dict[str, float]:
+  def evaluate(self, params, stop: Optional[Callable[[], bool]] = None
+               ) -> Dict[str, float]:
     """Loss and accuracy over every eval example (padding masked out).
 
     An evaluation that takes longer than PROGRESS_AFTER_SECONDS logs its
-    progress every PROGRESS_EVERY_SECONDS.
+    progress every PROGRESS_EVERY_SECONDS. `stop()` is checked before every
+    batch; when it is True, `EvaluationStopped` is raised.
     """
     totals = None
     source = (data.tfds_eval_dataset if self.stream
@@ -84,6 +90,9 @@ class Evaluator:
     done = 0
     for b in source(self.config, process_index=self.process_index,
                     process_count=self.process_count):
+      if stop is not None and stop():
+        raise EvaluationStopped()
+      t_batch = time.time()
       shard = lambda x: x.reshape((self.num_devices, -1) + x.shape[1:])
       out = self.p_eval(params, shard(b['image']),
                         shard(b['label'].astype(np.int32)), shard(b['mask']))
@@ -93,6 +102,7 @@ class Evaluator:
       totals = out if totals is None else jax.tree_util.tree_map(
           jnp.add, totals, out)
       now = time.time()
+      self.batch_seconds = now - t_batch
       if now - t0 >= PROGRESS_AFTER_SECONDS and \
           now - last >= PROGRESS_EVERY_SECONDS:
         done = int(jax.device_get(totals['count']))
