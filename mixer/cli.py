@@ -10,7 +10,9 @@ training loop saved and how to resume). A config file that does not load
 (missing, a syntax error, no get_config(), get_config() raising) is one line
 naming the file; `warn` prints one `warning: ...` line for a run that goes on.
 
-The console shows the project's own log lines. Libraries' INFO chatter
+The console shows the project's own log lines, as plain lines (`warning: `
+or `error: ` in front of warnings and errors; absl's time/thread/file prefix
+only with --debug). Libraries' INFO chatter
 (orbax's ~15 lines per checkpoint, JAX's libtpu probe, TensorFlow's C++
 start-up messages, clu's echo of every metric) is dropped, and their
 warnings and errors are shown as one line without a traceback; `--debug` or
@@ -121,9 +123,24 @@ class QuietLibraries(std_logging.Filter):
     return True
 
 
+class PlainFormatter(std_logging.Formatter):
+  """A log line as the user reads it: the message alone, `warning: ` or
+  `error: ` in front of warnings and errors (absl's `I1202 17:12:12.578803
+  1406 local.py:379]` prefix is for debugging: --debug)."""
+
+  def format(self, record: std_logging.LogRecord) -> str:
+    text = super().format(record)
+    if record.levelno >= std_logging.ERROR:
+      return f'error: {text}'
+    if record.levelno >= std_logging.WARNING:
+      return f'warning: {text}'
+    return text
+
+
 def configure_logging(verbose: Optional[bool] = None) -> None:
-  """INFO for the project's lines; libraries quiet unless `verbose`
-  (default: --debug or --verbosity >= 1)."""
+  """INFO for the project's lines, plain (`PlainFormatter`); libraries
+  quiet, unless `verbose` (default: --debug or --verbosity >= 1), which
+  shows every line in absl's format."""
   if verbose is None:
     verbose = debug_requested() or (
         flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1)
@@ -135,7 +152,10 @@ def configure_logging(verbose: Optional[bool] = None) -> None:
       handler.removeFilter(f)
   if not verbose:
     handler.addFilter(QuietLibraries())
+    handler.setFormatter(PlainFormatter('%(message)s'))
     std_logging.captureWarnings(True)
+  else:
+    handler.setFormatter(logging.PythonFormatter())
 
 
 def _override_error(e: BaseException, argv: Sequence[str]) -> str:

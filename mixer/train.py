@@ -214,10 +214,11 @@ def _run(trainer: Trainer, config, workdir: str, stop: stopping.StopRequest,
   writer.close()
   mgr.close()
   logging.info(
-      'Done: test accuracy %s (best %s, %s examples) after %s steps (%.3g '
-      'epochs) in %s%s; results in %s', loop_lib.pct(last_eval['eval_accuracy']),
-      loop_lib.pct(results['best_eval_accuracy']), f'{last_eval["eval_examples"]:,}',
-      f'{loop.step:,}', results['epochs'],
+      'Done: test accuracy %s (best %s, %s examples) after %s (%s) in %s%s; '
+      'results in %s', loop_lib.pct(last_eval['eval_accuracy']),
+      loop_lib.pct(results['best_eval_accuracy']),
+      f'{last_eval["eval_examples"]:,}', metrics_lib.amount(loop.step, 'step'),
+      metrics_lib.amount(results['epochs'], 'epoch', '.3g'),
       metrics_lib.format_duration(results['wall_seconds']),
       '' if results['usable'] else ' (NOT USABLE: the final eval loss is '
       'not finite)', os.path.join(workdir, 'results.json'))

@@ -21,6 +21,7 @@ import pytest
 from configs import common
 from configs import models
 from mixer import data as ip
+from tests.conftest import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = pathlib.Path(os.environ.get(
@@ -903,3 +904,23 @@ def test_image_folder_needs_no_tensorflow(tmp_path):
       'assert len(list(ip.eval_batches(c))) == 2\n')
   subprocess.run([sys.executable, '-c', code, str(tmp_path)], check=True,
                  cwd=REPO, timeout=60)
+
+
+@pytest.mark.parametrize('folders', [3, 12])
+def test_image_folder_class_count_names_the_flag(tmp_path, folders):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from mixer import trainer  # pylint: disable=g-import-not-at-top
+  for split in ('train', 'test'):
+    for c in range(folders):
+      folder = tmp_path / split / f'class{c:02d}'
+      folder.mkdir(parents=True)
+      Image.fromarray(np.full((32, 32, 3), c, np.uint8)).save(folder / '0.png')
+  config = tiny_config(dataset='my_images', data_dir=str(tmp_path),
+                       eval_split='test', batch_size=2, eval_batch_size=2)
+  assert config.model.num_classes == 10
+  with pytest.raises(ValueError,
+                     match=f'--config.model.num_classes={folders}'):
+    trainer.Trainer(config)
+  with config.unlocked():
+    config.model.num_classes = folders
+  assert trainer.Trainer(config).info.num_classes == folders

@@ -47,6 +47,23 @@ PROGRESS_AFTER_SECONDS = 5.0
 PROGRESS_EVERY_SECONDS = 10.0
 
 
+def fit_eval_batch(config, num_examples: Optional[int], multiple: int):
+  """`config`, or a copy whose eval_batch_size is cut down to the eval
+  split rounded up to `multiple` (devices x processes) when the split is
+  smaller than one batch: a 500-image split is evaluated in one batch of
+  500, not padded to 1,000."""
+  batch = int(config.eval_batch_size)
+  if not num_examples or batch <= 0 or multiple <= 0:
+    return config
+  fitted = -(-int(num_examples) // multiple) * multiple
+  if fitted >= batch:
+    return config
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.eval_batch_size = fitted
+  return config
+
+
 class Evaluator:
   """Classification eval of `config.eval_split` on this process's devices.
 
@@ -61,12 +78,13 @@ class Evaluator:
 
   def __init__(self, config, model: models.MlpMixer, num_classes: int, *,
                stream: bool, num_examples: Optional[int] = None):
-    self.config = config
     self.stream = stream
     self.num_examples = num_examples
     self.num_devices = jax.local_device_count()
     self.process_index = jax.process_index()
     self.process_count = jax.process_count()
+    self.config = fit_eval_batch(config, num_examples,
+                                 self.num_devices * self.process_count)
     self.p_eval = jax.pmap(
         make_eval_step(model, num_classes, config.get('loss', 'softmax')),
         axis_name='batch')
