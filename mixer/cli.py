@@ -37,6 +37,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from mixer import abandoned_reads
+
 # Errors about what a run was given. The project raises ValueError
 # subclasses (DataError, WorkdirError, ...), OSErrors (CheckpointWriteError,
 # files), and FloatingPointError for a non-finite loss.
@@ -299,41 +301,10 @@ def describe_exception(e: BaseException) -> str:
           '--debug shows the traceback)')
 
 
-def _is_closed_loop_noise(unraisable) -> bool:
-  """Whether an unraisable exception is asyncio's 'Event loop is closed'
-  from `call_soon_threadsafe`.
-
-  Orbax reads a checkpoint's arrays concurrently (`asyncio.gather` over
-  TensorStore reads) in an event loop of its own, which it closes as soon
-  as the restore returns or raises. When one read fails (a damaged or
-  truncated file), the exception leaves `gather` while the other reads are
-  still in flight; each of them then completes on a TensorStore thread and
-  tries to wake the closed loop, and Python prints that RuntimeError with a
-  traceback through `sys.unraisablehook`, once per read, after the real
-  error has been reported. Nothing is lost by dropping them: the restore
-  already failed with its own error.
-  """
-  exc = unraisable.exc_value
-  if not (isinstance(exc, RuntimeError) and
-          str(exc) == 'Event loop is closed'):
-    return False
-  frames = traceback.extract_tb(unraisable.exc_traceback)
-  return any(f.name == 'call_soon_threadsafe' for f in frames)
-
-
 def quiet_closed_loop_errors() -> None:
-  """Installs a `sys.unraisablehook` that drops `_is_closed_loop_noise`
-  (everything else goes to the previous hook)."""
-  previous = sys.unraisablehook
-  if getattr(previous, '_mixer_quiet', False):
-    return
-
-  def hook(unraisable):
-    if not _is_closed_loop_noise(unraisable):
-      previous(unraisable)
-
-  hook._mixer_quiet = True  # pylint: disable=protected-access
-  sys.unraisablehook = hook
+  """Drops the echoes of orbax's abandoned reads of a damaged checkpoint
+  (`mixer.abandoned_reads`); everything else goes to the previous hook."""
+  abandoned_reads.quiet()
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:
