@@ -288,9 +288,15 @@ def test_first_time_based_checkpoint_comes_early(tmp_path, data_dir,
   stop = threading.Event()
   config = tiny_config(num_train_steps=100_000, log_every_steps=1000,
                        checkpoint_every_steps=0, checkpoint_every_minutes=10)
-  thread = threading.Thread(target=lambda: pytest.raises(
-      stopping.Interrupted, train.train_and_evaluate, config, str(tmp_path),
-      stop=stop))
+  outcome = {}
+
+  def run():
+    try:
+      train.train_and_evaluate(config, str(tmp_path), stop=stop)
+    except stopping.Interrupted as e:
+      outcome['stopped'] = str(e)
+
+  thread = threading.Thread(target=run)
   t0 = time.time()
   thread.start()
   ckpt_dir = checkpoints.checkpoint_dir(str(tmp_path))
@@ -301,3 +307,4 @@ def test_first_time_based_checkpoint_comes_early(tmp_path, data_dir,
   thread.join(timeout=120)
   assert first and first[0] > 1, first  # Long before the 10 minutes.
   assert time.time() - t0 < 120
+  assert outcome['stopped'].startswith('stopped at step ')
