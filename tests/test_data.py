@@ -422,6 +422,7 @@ def test_tfds_download_failure_is_one_line(tmp_path, monkeypatch):
     raise tfds.core.registered.DatasetNotFoundError('Dataset nope not found.')
 
   monkeypatch.setattr(tfds, 'load', unknown)
+  monkeypatch.setattr(tfds, 'builder', unknown)
   with pytest.raises(ip.DataError, match="unknown dataset 'nope'"):
     ip.load_split(make_config('nope'), 'train')
 
@@ -588,6 +589,10 @@ def test_tfds_paths_with_mocked_data(tmp_path, monkeypatch, tf):
   tfds = pytest.importorskip('tensorflow_datasets')
   del tmp_path
   monkeypatch.delenv('MIXER_DATA_DIR', raising=False)  # No local copies.
+  # Mocked tfds downloads nothing: the network probe before a download is
+  # told the network is up (it is tested in tests/test_download.py).
+  from mixer.data import download  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(download, 'unreachable', lambda urls: None)
   ip.clear_cache()
   try:
     with tfds.testing.mock_data(num_examples=12,

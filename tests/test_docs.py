@@ -34,6 +34,7 @@ import pathlib
 import re
 import shlex
 import subprocess
+import sys
 from typing import List, Optional
 
 import pytest
@@ -219,6 +220,10 @@ def test_documented_commands_run(block, tmp_path, data_dir):
     pytest.skip(f'{block[0].doc}:{block[0].line}: {block[0].skip}')
   root = _sandbox(tmp_path)
   env = dict(os.environ, JAX_PLATFORMS='cpu')
+  # `python` in a command is the interpreter running the tests (its venv),
+  # also when pytest was started as .venv/bin/python without activating it.
+  env['PATH'] = os.pathsep.join([os.path.dirname(sys.executable),
+                                 env.get('PATH', '')])
   env.pop('MIXER_DATA_DIR', None)  # The command says where the data is.
   env['MIXER_DATA_DIR'] = str(shared_data_dir())  # Unless it does not.
   for command in block:

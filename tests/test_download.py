@@ -34,6 +34,9 @@ def offline(tmp_path, monkeypatch):
     monkeypatch.delenv(variable, raising=False)
   root = tmp_path / 'tensorflow_datasets'
   monkeypatch.setenv('TFDS_DATA_DIR', str(root))
+  # tfds reads $TFDS_DATA_DIR once, when it is first imported.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(tfds.core.constants, 'DATA_DIR', str(root))
   data.clear_cache()
   yield root
   data.clear_cache()

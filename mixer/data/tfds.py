@@ -183,6 +183,7 @@ def clear_cache() -> None:
 @functools.lru_cache(maxsize=8)
 def _load_cached(name: str, split: str, hw: Tuple[int, int],
                  data_dir: Optional[str] = None):
+  tfds = import_tfds()
   logging.info('Loading %s split %r with tfds (downloads and prepares it '
                'first if needed).', name, split)
   builder = _prepare(name, split, data_dir)
