@@ -411,7 +411,8 @@ class Loop:
   def _fallback_message(self) -> str:
     """What the stop watchdog says when it exits without the loop's help."""
     return stopping.fallback_message(
-        phase=self.phase, step=self.step, done_step=self.done_step,
+        phase=self.phase, step=self.step + self.dispatching,
+        done_step=self.done_step,
         step_seconds=self._step_seconds(), last_saved=self.last_saved,
         ckpt_dir=self.ckpt_dir,
         saved_ago=time.time() - self.last_saved_time)

@@ -227,6 +227,8 @@ def fallback_message(*, phase: str, step: int, done_step: int,
   if phase == 'evaluating':
     return (f'stopped during the evaluation of step {step:,} without waiting '
             f'for it: {where}')
+  if step <= done_step:  # Between steps (host work, reading data).
+    return (f'stopped after step {done_step:,} without saving it: {where}')
   took = f' (a step takes ~{step_seconds:.0f} s here)' if step_seconds else ''
   return (f'stopped during step {done_step + 1:,}{took} without waiting for '
           f'it: {where}')
