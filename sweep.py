@@ -10,7 +10,9 @@ with `mixer.train.train_and_evaluate`. Running the same command again continues
 the sweep: finished runs (`results.json` with status "done") are skipped and a
 run that was interrupted resumes from its latest checkpoint. A run that fails
 writes `<run>/error.txt` and the sweep goes on with the next; the exit status
-is 1 if any run failed.
+is 1 if any run failed. A dataset that cannot be had at all (no local copy
+and no network to download it: `mixer.data.DatasetUnavailable`) is tried
+once: the later runs on it fail at once with the same error.
 
 After every run `<workdir>/summary.md`, `summary.csv` and `curves.png` are
 rewritten (see `mixer/report.py`), so they are current while the sweep runs.
@@ -38,7 +40,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -117,13 +119,25 @@ def write_sweep_info(workdir: str, sweep_file: str,
   })
 
 
-def train_one(r: sweeps.Run, run_dir: str, *,
-              chief: bool = True) -> Dict[str, Any]:
+def _data_key(config) -> Tuple[str, str]:
+  """What decides whether a run's dataset can be found (the environment
+  is the same for every run of a sweep)."""
+  return str(config.dataset), str(config.get('data_dir', '') or '')
+
+
+def train_one(r: sweeps.Run, run_dir: str, *, chief: bool = True,
+              unavailable: Optional[Dict[Tuple[str, str], str]] = None
+              ) -> Dict[str, Any]:
   """Trains (or resumes) one run; never raises for a failure of the run.
+
+  `unavailable` maps the datasets earlier runs found unavailable
+  (`_data_key`) to their error: a run on one fails at once with that error,
+  and this run's own such failure is added to it.
 
   Returns {'name', 'status': 'done'|'skipped'|'failed', 'error'?}.
   """
   from mixer import train  # pylint: disable=g-import-not-at-top
+  from mixer.data.base import DatasetUnavailable  # pylint: disable=g-import-not-at-top
   if is_done(run_dir):
     with open(os.path.join(run_dir, RESULTS)) as f:
       saved = json.load(f).get('config')
@@ -140,6 +154,16 @@ def train_one(r: sweeps.Run, run_dir: str, *,
     _write_json(os.path.join(run_dir, RUN_INFO), {
         'name': r.name, 'fields': r.fields(), 'pid': os.getpid(),
         'host': os.uname().nodename, 'started': time.time()})
+  key = _data_key(r.config)
+  if unavailable is not None and key in unavailable:
+    line = unavailable[key]
+    if chief:
+      with open(error_path, 'w') as f:
+        f.write(line + '\n\nNot tried: an earlier run of this sweep found '
+                'the same dataset unavailable.\n')
+    logging.error('%s failed: %s (found by an earlier run; not tried again)',
+                  r.name, line)
+    return {'name': r.name, 'status': 'failed', 'error': line}
   logging.info('%s: training in %s', r.name, run_dir)
   try:
     train.train_and_evaluate(r.config, run_dir)
@@ -149,6 +173,8 @@ def train_one(r: sweeps.Run, run_dir: str, *,
       with open(error_path, 'w') as f:
         f.write(line + '\n\n' + traceback.format_exc())
     logging.error('%s failed: %s (details in %s)', r.name, line, error_path)
+    if isinstance(e, DatasetUnavailable) and unavailable is not None:
+      unavailable[key] = line
     return {'name': r.name, 'status': 'failed', 'error': line}
   return {'name': r.name, 'status': 'done'}
 
@@ -191,12 +217,13 @@ def run_sweep(sweep_file: str, workdir: str, *,
     write_sweep_info(workdir, sweep_file, runs, global_overrides)
     _report(workdir)
   outcomes = []
+  unavailable = {}  # Datasets found unavailable: tried once per sweep.
   todo = [r for r in runs if not only or r.name in only]
   for i, r in enumerate(todo):
     logging.info('=== run %d/%d: %s', i + 1, len(todo), r.name)
     try:
       outcomes.append(train_one(r, os.path.join(workdir, r.name),
-                                chief=chief))
+                                chief=chief, unavailable=unavailable))
     except KeyboardInterrupt as e:
       if chief:
         _report(workdir)

@@ -371,8 +371,10 @@ def paper_finetune(variant, dataset, image_size=224, *,
   num_classes, steps, train_split, eval_split = FINETUNE_DATASETS[dataset]
   model = models.paper(variant, num_classes=num_classes)
   model = models.finetune_model_config(model, pretrain_image_size, image_size)
+  # The recipe's length is in steps: num_epochs=0 says it has no length in
+  # epochs (so a shortened run's log never quotes one).
   c = base(model, dataset=dataset, image_size=image_size, batch_size=512,
-           num_train_steps=steps, optimizer='sgd', momentum=0.9,
+           num_train_steps=steps, num_epochs=0, optimizer='sgd', momentum=0.9,
            learning_rate=0.03, lr_schedule='cosine',
            warmup_percent=500 / steps if steps > 500 else 0.05,
            weight_decay=0.0, grad_clip_norm=1.0, label_smoothing=0.0,

@@ -37,6 +37,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mixer import abandoned_reads
 from mixer import devices
 from mixer.params import flatten_params_shapes
 from mixer.params import shape_problems
@@ -304,6 +305,7 @@ def _restore_step(mgr: ocp.CheckpointManager, step: int, abstract: Any
     restored = mgr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
   except Exception as e:  # pylint: disable=broad-except
+    abandoned_reads.quiet()  # The other reads orbax gave up on.
     text = ' '.join(str(e).split())
     raise CheckpointDamaged(
         step_dir, f'cannot be read ({type(e).__name__}: {text[:200]})') from e

@@ -10,7 +10,9 @@ training loop saved and how to resume). A config file that does not load
 (missing, a syntax error, no get_config(), get_config() raising) is one line
 naming the file; `warn` prints one `warning: ...` line for a run that goes on.
 
-The console shows the project's own log lines. Libraries' INFO chatter
+The console shows the project's own log lines, as plain lines (`warning: `
+or `error: ` in front of warnings and errors; absl's time/thread/file prefix
+only with --debug). Libraries' INFO chatter
 (orbax's ~15 lines per checkpoint, JAX's libtpu probe, TensorFlow's C++
 start-up messages, clu's echo of every metric) is dropped, and their
 warnings and errors are shown as one line without a traceback; `--debug` or
@@ -34,6 +36,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from absl import app
 from absl import flags
 from absl import logging
+
+from mixer import abandoned_reads
 
 # Errors about what a run was given. The project raises ValueError
 # subclasses (DataError, WorkdirError, ...), OSErrors (CheckpointWriteError,
@@ -121,9 +125,24 @@ class QuietLibraries(std_logging.Filter):
     return True
 
 
+class PlainFormatter(std_logging.Formatter):
+  """A log line as the user reads it: the message alone, `warning: ` or
+  `error: ` in front of warnings and errors (absl's `I1202 17:12:12.578803
+  1406 local.py:379]` prefix is for debugging: --debug)."""
+
+  def format(self, record: std_logging.LogRecord) -> str:
+    text = super().format(record)
+    if record.levelno >= std_logging.ERROR:
+      return f'error: {text}'
+    if record.levelno >= std_logging.WARNING:
+      return f'warning: {text}'
+    return text
+
+
 def configure_logging(verbose: Optional[bool] = None) -> None:
-  """INFO for the project's lines; libraries quiet unless `verbose`
-  (default: --debug or --verbosity >= 1)."""
+  """INFO for the project's lines, plain (`PlainFormatter`); libraries
+  quiet, unless `verbose` (default: --debug or --verbosity >= 1), which
+  shows every line in absl's format."""
   if verbose is None:
     verbose = debug_requested() or (
         flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1)
@@ -135,7 +154,10 @@ def configure_logging(verbose: Optional[bool] = None) -> None:
       handler.removeFilter(f)
   if not verbose:
     handler.addFilter(QuietLibraries())
+    handler.setFormatter(PlainFormatter('%(message)s'))
     std_logging.captureWarnings(True)
+  else:
+    handler.setFormatter(logging.PythonFormatter())
 
 
 def _override_error(e: BaseException, argv: Sequence[str]) -> str:
@@ -279,41 +301,10 @@ def describe_exception(e: BaseException) -> str:
           '--debug shows the traceback)')
 
 
-def _is_closed_loop_noise(unraisable) -> bool:
-  """Whether an unraisable exception is asyncio's 'Event loop is closed'
-  from `call_soon_threadsafe`.
-
-  Orbax reads a checkpoint's arrays concurrently (`asyncio.gather` over
-  TensorStore reads) in an event loop of its own, which it closes as soon
-  as the restore returns or raises. When one read fails (a damaged or
-  truncated file), the exception leaves `gather` while the other reads are
-  still in flight; each of them then completes on a TensorStore thread and
-  tries to wake the closed loop, and Python prints that RuntimeError with a
-  traceback through `sys.unraisablehook`, once per read, after the real
-  error has been reported. Nothing is lost by dropping them: the restore
-  already failed with its own error.
-  """
-  exc = unraisable.exc_value
-  if not (isinstance(exc, RuntimeError) and
-          str(exc) == 'Event loop is closed'):
-    return False
-  frames = traceback.extract_tb(unraisable.exc_traceback)
-  return any(f.name == 'call_soon_threadsafe' for f in frames)
-
-
 def quiet_closed_loop_errors() -> None:
-  """Installs a `sys.unraisablehook` that drops `_is_closed_loop_noise`
-  (everything else goes to the previous hook)."""
-  previous = sys.unraisablehook
-  if getattr(previous, '_mixer_quiet', False):
-    return
-
-  def hook(unraisable):
-    if not _is_closed_loop_noise(unraisable):
-      previous(unraisable)
-
-  hook._mixer_quiet = True  # pylint: disable=protected-access
-  sys.unraisablehook = hook
+  """Drops the echoes of orbax's abandoned reads of a damaged checkpoint
+  (`mixer.abandoned_reads`); everything else goes to the previous hook."""
+  abandoned_reads.quiet()
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:

@@ -5,9 +5,14 @@ host batches or indices into a device-resident dataset) and, at the right
 steps, fetches their metrics (stopping at the first non-finite step, or
 skipping it within `config.skip_nonfinite_limit`), logs progress and
 metrics, evaluates, checkpoints (every `checkpoint_every_steps` and every
-`checkpoint_every_minutes`) and serves a stop request (Ctrl-C) by saving the
-current step. The run around it -- the workdir, restoring, results.json --
-is `mixer.train`.
+`checkpoint_every_minutes`, the first time-based one after
+FIRST_CHECKPOINT_SECONDS of training) and serves a stop request (Ctrl-C) by
+saving the last finished step. A step that is also evaluated is saved
+before its evaluation when a save is due (always at the end) or a stop
+interrupts the evaluation; the checkpoint's meta then carries the step's
+`pending` record and the evaluations still owed, which a resumed run does
+first. The run around it -- the workdir, restoring, results.json -- is
+`mixer.train`.
 """
 
 import collections
@@ -24,6 +29,9 @@ from mixer import devices
 from mixer import metrics as metrics_lib
 from mixer import step as step_lib
 from mixer import stopping
+from mixer.evaluators import EvaluationStopped
+from mixer.loop_evals import Evaluations
+from mixer.loop_evals import pct  # pylint: disable=unused-import (public)
 from mixer.trainer import Trainer
 
 
@@ -37,21 +45,26 @@ class NonFiniteError(FloatingPointError):
 
 # Dispatches queued on the device beyond the one running: enough to keep an
 # accelerator busy, few enough that a stop request is served promptly. When
-# a step takes longer than SLOW_STEP_SECONDS (a CPU) nothing is queued: the
-# host's work between steps is negligible then, and Ctrl-C waits for one
-# step at most.
+# a step takes longer than SLOW_STEP_SECONDS (a CPU), or before one step
+# was timed, nothing is queued: the host's work between steps is negligible
+# then, and Ctrl-C waits for one step at most.
 MAX_IN_FLIGHT = 2
 SLOW_STEP_SECONDS = 0.5
+# The first time-based checkpoint of a session comes after this much time
+# (from the end of the first, compiling, dispatch), or after
+# checkpoint_every_minutes if shorter; later ones every
+# checkpoint_every_minutes. A slow run (a CPU) then has a resume point
+# within a minute or two of starting.
+FIRST_CHECKPOINT_SECONDS = 60.0
+# A stop during an evaluation whose batches were not timed yet (the first,
+# compiling, batch) waits this long for it at most.
+UNTIMED_EVAL_BATCH_SECONDS = 60.0
 # A progress line at least this often (seconds), besides every
 # `log_every_steps`.
 PROGRESS_EVERY_SECONDS = 30.0
 # With skip_nonfinite_steps, the window of recent steps whose skipped share
 # is checked against config.skip_nonfinite_limit.
 SKIP_WINDOW = 100
-
-
-def pct(x: Optional[float]) -> str:
-  return '?' if x is None or not np.isfinite(x) else f'{100 * x:.2f}%'
 
 
 def _agree(flag: bool) -> bool:
@@ -76,24 +89,32 @@ class Loop:
                                                        stop)
     self.config_json = config_json
     self.start_step = self.step = start_step
+    self.done_step = start_step  # The last step known to have finished.
+    self.dispatching = 0  # Steps of the dispatch call in progress.
+    # What the loop waits on: 'compiling' (the first dispatch), 'training'
+    # or 'evaluating'; what a stop request says while it waits.
+    self.phase = 'compiling'
+    self.first_dispatch_seconds = None
     self.ckpt_dir = checkpoints.checkpoint_dir(workdir)
     self.last_saved = start_step if start_step else None
     self.last_saved_time = time.time()
+    self.saved_this_session = False
+    # The restored step's record and evaluations a stop interrupted.
+    self.resume_pending = meta.get('pending')
     self.skip_nonfinite = bool(config.get('skip_nonfinite_steps', False))
     self.skip_limit = float(config.get('skip_nonfinite_limit', 0.5))
     self.recent_finite = collections.deque(maxlen=SKIP_WINDOW)
     self.unlogged = metrics_lib.UnloggedSteps(meta.get('unlogged'))
     self.pending = []  # (first step, per-dispatch device metrics) to fetch.
     self.in_flight = collections.deque()
-    self.best_acc, self.last_eval = 0.0, None
-    self.last_minival, self.last_fewshot = None, None
-    self.eval_seconds = 0.0
+    self.evals = Evaluations(trainer, progress)
     self.last_log = None  # (timed seconds, step) at the last log record.
     self.projected = False
     self.first_dispatch_step = None  # Its own line says it is done.
     minutes = float(config.get('checkpoint_every_minutes', 0) or 0)
     self.save_every_seconds = minutes * 60 if minutes > 0 else None
     stop.fallback = self._fallback_message
+    stop.waiting = self._waiting
 
   # -- the loop --------------------------------------------------------------
 
@@ -113,33 +134,49 @@ class Loop:
                        f'{config.input_pipeline!r}')
     self.pstate = devices.replicate(state)
     del state
+    if self.resume_pending is not None:
+      self._finish_pending(self.resume_pending)
+    self.phase = 'compiling'
     t_first = time.time()
     for k, xs in chunks:
       if self.stop.requested():
         self._stop()
+      self.dispatching = k  # A CPU may run the steps inside the call.
       self.pstate, m = run(self.pstate, xs)
       self.pending.append((self.step, m))
-      self.in_flight.append(m)
       self.step += k
+      self.dispatching = 0
+      self.in_flight.append((self.step, m))
       while len(self.in_flight) > self._in_flight_limit():
-        jax.block_until_ready(self.in_flight.popleft())
+        end, oldest = self.in_flight.popleft()
+        jax.block_until_ready(oldest)
+        self.done_step = max(self.done_step, end)
       if self.step - k == self.start_step:  # The first dispatch compiles.
         self.first_dispatch_step = self.step
         jax.block_until_ready(m)
+        self.done_step = self.step
+        self.first_dispatch_seconds = time.time() - t_first
         self.progress.start(self.step)
-        self._first_line(k, time.time() - t_first)
+        self.phase = 'training'
+        self.last_saved_time = time.time()  # Timed saves count from here.
+        self._first_line(k, self.first_dispatch_seconds)
       self._between_steps()
     self._collect()
     jax.block_until_ready(self.pstate.step)
     self.progress.pause(self.step)
     checkpoints.wait_until_finished(self.mgr)
-    if self.last_eval is None:  # Nothing left to train: evaluate the state.
-      self._evaluate({})
+    if self.evals.last_eval is None:  # Nothing left to train: evaluate it.
+      self._run_evals({}, {'eval': True})
+
+  def _step_seconds(self) -> Optional[float]:
+    """Seconds per training step here, from the steps known to be done."""
+    rate = self.progress.images_per_sec(self.done_step)
+    return self.trainer.batch_size / rate if rate else None
 
   def _in_flight_limit(self) -> int:
-    rate = self.progress.images_per_sec(self.step)
-    slow = rate and self.trainer.batch_size / rate > SLOW_STEP_SECONDS
-    return 0 if slow else MAX_IN_FLIGHT
+    per_step = self._step_seconds()
+    fast = per_step is not None and per_step <= SLOW_STEP_SECONDS
+    return MAX_IN_FLIGHT if fast else 0
 
   def _between_steps(self) -> None:
     """Logs, evaluates and saves when their time has come."""
@@ -162,20 +199,64 @@ class Loop:
           step, f'loss {shown.get("train_loss", float("nan")):.4f}, acc '
           f'{shown.get("train_accuracy", float("nan")):.4f}, '))
       self._projection()
-    if (trainer.eval_every and step % trainer.eval_every == 0) or at_end:
-      self._evaluate(record)
-    if trainer.fewshot and (step % trainer.fewshot_every == 0 or at_end):
-      self._evaluate_fewshot(record)
-    if record:
-      self.writer.write(step, record)
     every = config.checkpoint_every_steps
     due = (every > 0 and step % every == 0) or at_end
-    if not due and self.save_every_seconds:
-      late = time.time() - self.last_saved_time >= self.save_every_seconds
+    interval = self._save_interval()
+    if not due and interval:
+      late = time.time() - self.last_saved_time >= interval
       due = (_agree(late) if trainer.process_count > 1 and log_step
              else late and trainer.process_count == 1)
+    evals = {
+        'eval': bool(trainer.eval_every and step % trainer.eval_every == 0
+                     or at_end),
+        'fewshot': bool(trainer.fewshot and (
+            step % trainer.fewshot_every == 0 or at_end))}
+    if any(evals.values()):
+      pending = {'record': dict(record), **evals}
+      if self.stop.requested():
+        self._stop(pending)
+      if due:  # Saved first: a stop during the evaluation keeps the step.
+        self._save(pending)
+        due = False
+      self._run_evals(record, pending)
+    if record:
+      self.writer.write(step, record)
     if due:
       self._save()
+
+  def _save_interval(self) -> Optional[float]:
+    """Seconds between time-based checkpoints now (None: none)."""
+    every = self.save_every_seconds
+    if every and not self.saved_this_session:
+      return min(every, FIRST_CHECKPOINT_SECONDS)
+    return every
+
+  def _run_evals(self, record: Dict[str, Any], pending: Dict[str, Any]
+                 ) -> None:
+    """The evaluations `pending` asks for, into `record`; a stop request
+    during them saves the step (with `pending`) and stops the run."""
+    self._collect()
+    params = jax.block_until_ready(self.pstate.params)
+    self.phase = 'evaluating'
+    try:
+      if pending.get('eval'):
+        self.evals.classification(params, self.step, record,
+                                  self._stop_check())
+      if pending.get('fewshot'):
+        self.evals.fewshot(params, self.step, record, self._stop_check())
+    except EvaluationStopped:
+      self._stop(pending)
+    self.phase = 'training'
+
+  def _finish_pending(self, pending: Dict[str, Any]) -> None:
+    """At a resume: the evaluations and the record of the restored step
+    that a stop interrupted (or that had not run when it was saved)."""
+    logging.info('Step %s was saved before its evaluation finished: '
+                 'evaluating it first', f'{self.step:,}')
+    record = dict(pending.get('record') or {})
+    self._run_evals(record, pending)
+    if record:
+      self.writer.write(self.step, record)
 
   # -- metrics -----------------------------------------------------------------
 
@@ -184,6 +265,7 @@ class Loop:
     if not self.pending:
       return
     fetched = jax.device_get([m for _, m in self.pending])
+    self.done_step = self.step  # Every dispatched step is in `pending`.
     for (first, _), f in zip(self.pending, fetched):
       per_step = {k: np.asarray(v[0]).reshape(-1) for k, v in f.items()}
       finite = per_step['finite'].astype(bool)
@@ -273,99 +355,67 @@ class Loop:
 
   # -- evaluation and checkpoints --------------------------------------------
 
-  def _evaluate(self, record: Dict[str, Any]) -> None:
-    self._collect()
-    jax.block_until_ready(self.pstate.params)
-    self.progress.pause(self.step)
-    t0 = time.time()
-    result = self.trainer.evaluator.evaluate(self.pstate.params)
-    seconds = time.time() - t0
-    self.progress.eval_seconds = seconds
-    self.eval_seconds += seconds
-    self.progress.resume()
-    self.last_eval = result
-    if np.isfinite(result['eval_accuracy']):
-      self.best_acc = max(self.best_acc, result['eval_accuracy'])
-    record.update(result)
-    record['epoch'] = self.step / self.trainer.steps_per_epoch
-    logging.info('step %s: eval loss %.4f, accuracy %s (%s examples, %.1f s)',
-                 f'{self.step:,}', result['eval_loss'],
-                 pct(result['eval_accuracy']),
-                 f'{result["eval_examples"]:,}', seconds)
-    if self.trainer.minival is not None:
-      self.progress.pause(self.step)
-      t0 = time.time()
-      minival = {k.replace('eval_', 'minival_'): v for k, v in
-                 self.trainer.minival.evaluate(self.pstate.params).items()}
-      self.progress.resume()
-      self.eval_seconds += time.time() - t0
-      self.last_minival = minival
-      record.update(minival)
-      logging.info('step %s: minival loss %.4f, accuracy %s (%s examples)',
-                   f'{self.step:,}', minival['minival_loss'],
-                   pct(minival['minival_accuracy']),
-                   f'{minival["minival_examples"]:,}')
+  def _stop_check(self):
+    """What an evaluation checks between batches (single-process runs: the
+    processes of a multi-host run must run the same batches)."""
+    return self.stop.requested if self.trainer.process_count == 1 else None
 
-  def _evaluate_fewshot(self, record: Dict[str, Any]) -> None:
-    self._collect()
-    jax.block_until_ready(self.pstate.params)
-    self.progress.pause(self.step)
-    t0 = time.time()
-    result = self.trainer.fewshot.evaluate(self.pstate.params)
-    self.progress.resume()
-    self.eval_seconds += time.time() - t0
-    self.last_fewshot = result
-    record.update(result)
-    logging.info('step %s: few-shot linear accuracy %s (%.1f s)',
-                 f'{self.step:,}', ', '.join(
-                     f'{k.split("/", 1)[-1]} {pct(v)}'
-                     for k, v in result.items()), time.time() - t0)
-
-  def _save(self) -> None:
+  def _save(self, pending: Optional[Dict[str, Any]] = None) -> None:
+    """Checkpoints the current step; `pending`: its record and evaluations
+    still to come (a resumed run does them first)."""
+    stopping_now = self.stop.saving.is_set()
+    self.stop.saving.set()
     self._collect()  # Never save a non-finite state.
     jax.block_until_ready(self.pstate.step)
     self.progress.pause(self.step)
     host_state = jax.device_get(devices.unreplicate(self.pstate))
+    meta = {'step': self.step, 'config': self.config_json,
+            'unlogged': self.unlogged.to_json()}
+    if pending is not None:
+      meta['pending'] = pending
     checkpoints.save(self.mgr, self.step, step_lib.state_dict(host_state),
-                     {'step': self.step, 'config': self.config_json,
-                      'unlogged': self.unlogged.to_json()})
+                     meta)
     self.last_saved, self.last_saved_time = self.step, time.time()
+    self.saved_this_session = True
     self.progress.resume()
+    if not stopping_now:
+      self.stop.saving.clear()
 
-  def _stop(self) -> None:
-    """Saves the current step (its dispatch is done or nearly) and raises
-    `Interrupted` naming the checkpoint to resume from."""
+  def _stop(self, pending: Optional[Dict[str, Any]] = None) -> None:
+    """Saves the current step once its dispatch is done (with `pending`
+    when its evaluation did not finish) and raises `Interrupted` naming
+    the checkpoint to resume from."""
     self.stop.saving.set()
     t0 = time.time()
     self._collect()
     jax.block_until_ready(self.pstate.step)
     if self.step != self.last_saved and self.step > self.start_step:
-      self._save()
+      self._save(pending)
     checkpoints.wait_until_finished(self.mgr)
-    if self.last_saved:
-      where = (f'checkpoint {self.last_saved} is in {self.ckpt_dir} (saved '
-               f'in {time.time() - t0:.1f} s)')
-    else:
-      where = 'no checkpoint was written; the next run starts over'
-    raise stopping.Interrupted(f'stopped at step {self.step:,} of '
-                      f'{self.trainer.total_steps:,}: {where}; run the same '
-                      'command again to resume')
+    raise stopping.Interrupted(stopping.stopped_message(
+        step=self.step, start_step=self.start_step,
+        total_steps=self.trainer.total_steps, last_saved=self.last_saved,
+        ckpt_dir=self.ckpt_dir, seconds=time.time() - t0,
+        during_evaluation=pending is not None))
+
+  def _waiting(self) -> Tuple[Optional[float], str]:
+    """For the stop watchdog: (seconds until the loop can save, or None if
+    unknown; what it is waiting for)."""
+    return stopping.waiting_message(
+        phase=self.phase, step=self.step + self.dispatching,
+        done_step=self.done_step,
+        step_seconds=self._step_seconds() or self.first_dispatch_seconds,
+        eval_batch_seconds=self.evals.batch_seconds(),
+        untimed_eval_batch_seconds=UNTIMED_EVAL_BATCH_SECONDS)
 
   def _fallback_message(self) -> str:
     """What the stop watchdog says when it exits without the loop's help."""
-    rate = self.progress.images_per_sec(self.step)
-    per_step = (f' (a step takes ~{self.trainer.batch_size / rate:.0f} s '
-                'here)' if rate else '')
-    if self.last_saved:
-      ago = metrics_lib.format_duration(time.time() - self.last_saved_time)
-      where = (f'the last checkpoint is step {self.last_saved} in '
-               f'{self.ckpt_dir}, saved {ago} ago; run the same command '
-               'again to resume from it')
-    else:
-      where = ('no checkpoint was written yet; the next run starts over '
-               '(config.checkpoint_every_minutes bounds what a stop loses)')
-    return (f'stopped during step {self.step + 1:,}{per_step} without '
-            f'waiting for it: {where}')
+    return stopping.fallback_message(
+        phase=self.phase, step=self.step + self.dispatching,
+        done_step=self.done_step,
+        step_seconds=self._step_seconds(), last_saved=self.last_saved,
+        ckpt_dir=self.ckpt_dir,
+        saved_ago=time.time() - self.last_saved_time)
 
 
 def _prefetch(chunks: Iterator[Tuple[int, Any]], size: int = 2

@@ -218,6 +218,13 @@ def read_records(workdir: str, *, drop_timing: bool = False
   return records
 
 
+def amount(n: float, word: str, fmt: str = ',') -> str:
+  """'1 epoch', '2 epochs', '0.5 epochs', '1,000 steps': `n` formatted with
+  `fmt` and `word`, plural unless it reads as 1."""
+  text = format(n, fmt)
+  return f'{text} {word}' + ('' if text == '1' else 's')
+
+
 def format_duration(seconds: Optional[float]) -> str:
   """'1:02:03', or '2 days 3:04:05' beyond a day; '?' when unknown."""
   if seconds is None or not np.isfinite(seconds):

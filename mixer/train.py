@@ -24,7 +24,8 @@ eval and checkpoint, so a non-finite state is never saved (`NonFiniteError`
 names the step), or with `config.skip_nonfinite_steps` such updates are
 dropped and counted. A workdir that holds a run with another config is
 refused (`mixer.workdir.WorkdirError`) unless `overwrite=True`. Ctrl-C (or
-`stop`) saves the current step and raises `mixer.stopping.Interrupted`.
+`stop`) saves the last finished step and raises
+`mixer.stopping.Interrupted`.
 """
 
 import os
@@ -129,12 +130,16 @@ def _run(trainer: Trainer, config, workdir: str, stop: stopping.StopRequest,
     workdir_lib.write_json_atomic(os.path.join(workdir, 'config.json'),
                                   config_json)
 
+  # A step saved before its evaluation finished writes its record again
+  # when resumed (mixer.loop): drop the one a stopped run may have written.
+  kept_step = start_step - 1 if meta.get('pending') else start_step
   writer = metrics_lib.MetricsWriter(workdir, is_chief=is_chief,
-                                     resume_step=start_step)
+                                     resume_step=max(kept_step, 0))
   progress = metrics_lib.Progress(
       total_steps=trainer.total_steps, start_step=start_step,
       batch_size=trainer.batch_size, steps_per_epoch=trainer.steps_per_epoch,
-      eval_every=trainer.eval_every, every_secs=loop_lib.PROGRESS_EVERY_SECONDS, writer=writer)
+      eval_every=trainer.eval_every,
+      every_secs=loop_lib.PROGRESS_EVERY_SECONDS, writer=writer)
   logging.info('%s: %s params, %d devices x %d processes (%s)',
                config.model.model_name, f'{num_params:,}',
                trainer.num_devices, trainer.process_count,
@@ -145,8 +150,8 @@ def _run(trainer: Trainer, config, workdir: str, stop: stopping.StopRequest,
                  'batch', trainer.process_index, trainer.process_count,
                  trainer.process_index * b_local,
                  (trainer.process_index + 1) * b_local)
-  loop = loop_lib.Loop(trainer, config, workdir, mgr, writer, progress, stop, meta,
-               config_json, start_step)
+  loop = loop_lib.Loop(trainer, config, workdir, mgr, writer, progress, stop,
+                       meta, config_json, start_step)
   try:
     loop.run(state)
   except BaseException:
@@ -168,9 +173,10 @@ def _run(trainer: Trainer, config, workdir: str, stop: stopping.StopRequest,
   # The whole log, steps before a resume included.
   logged = (metrics_lib.read_records(workdir) if os.path.exists(
       os.path.join(workdir, 'metrics.jsonl')) else [])
-  last_eval = loop.last_eval
+  evals = loop.evals
+  last_eval = evals.last_eval
   train_seconds, timed_steps = progress.timed(loop.step)
-  accuracies = [loop.best_acc] + [r['eval_accuracy'] for r in logged
+  accuracies = [evals.best_acc] + [r['eval_accuracy'] for r in logged
                                   if r.get('eval_accuracy') is not None]
   results = {
       'status': 'done',
@@ -188,17 +194,17 @@ def _run(trainer: Trainer, config, workdir: str, stop: stopping.StopRequest,
       'train_seconds': train_seconds,
       'images_per_second': (timed_steps * trainer.batch_size / train_seconds
                             if train_seconds > 0 and timed_steps else None),
-      'eval_seconds': loop.eval_seconds,
+      'eval_seconds': evals.seconds,
       'num_params': num_params,
       'num_devices': trainer.num_devices * trainer.process_count,
       'device_kind': jax.devices()[0].device_kind,
       'config': config_json,
   }
-  if loop.last_minival is not None:
-    results['final_minival_accuracy'] = loop.last_minival['minival_accuracy']
-    results['final_minival_loss'] = loop.last_minival['minival_loss']
-  if loop.last_fewshot is not None:
-    results['fewshot'] = loop.last_fewshot
+  if evals.last_minival is not None:
+    results['final_minival_accuracy'] = evals.last_minival['minival_accuracy']
+    results['final_minival_loss'] = evals.last_minival['minival_loss']
+  if evals.last_fewshot is not None:
+    results['fewshot'] = evals.last_fewshot
   if skip_nonfinite:
     results['skipped_steps'] = int(
         sum(r.get('skipped_steps', 0) for r in logged))
@@ -208,10 +214,11 @@ def _run(trainer: Trainer, config, workdir: str, stop: stopping.StopRequest,
   writer.close()
   mgr.close()
   logging.info(
-      'Done: test accuracy %s (best %s, %s examples) after %s steps (%.3g '
-      'epochs) in %s%s; results in %s', loop_lib.pct(last_eval['eval_accuracy']),
-      loop_lib.pct(results['best_eval_accuracy']), f'{last_eval["eval_examples"]:,}',
-      f'{loop.step:,}', results['epochs'],
+      'Done: test accuracy %s (best %s, %s examples) after %s (%s) in %s%s; '
+      'results in %s', loop_lib.pct(last_eval['eval_accuracy']),
+      loop_lib.pct(results['best_eval_accuracy']),
+      f'{last_eval["eval_examples"]:,}', metrics_lib.amount(loop.step, 'step'),
+      metrics_lib.amount(results['epochs'], 'epoch', '.3g'),
       metrics_lib.format_duration(results['wall_seconds']),
       '' if results['usable'] else ' (NOT USABLE: the final eval loss is '
       'not finite)', os.path.join(workdir, 'results.json'))

@@ -18,6 +18,7 @@ from mixer.evaluators import fewshot
 from mixer import models
 from mixer import optim
 from mixer import step as step_lib
+from mixer.metrics import amount
 from mixer import workdir as workdir_lib
 
 
@@ -37,7 +38,8 @@ class Trainer:
     if config.model.num_classes != self.info.num_classes:
       raise ValueError(
           f'model.num_classes is {config.model.num_classes} but dataset '
-          f'{config.dataset!r} has {self.info.num_classes} classes')
+          f'{config.dataset!r} has {self.info.num_classes} classes; pass '
+          f'--config.model.num_classes={self.info.num_classes}')
     self.batch_size = int(config.batch_size)
     self.accum = int(config.grad_accum_steps)
     per = self.num_devices * self.process_count * self.accum
@@ -116,8 +118,8 @@ class Trainer:
     c, info = self.config, self.info
     images = self.total_steps * self.batch_size
     lines = [
-        f'Run: {self.total_steps:,} steps = '
-        f'{self.total_steps / self.steps_per_epoch:.4g} epochs of '
+        f'Run: {amount(self.total_steps, "step")} = '
+        f'{amount(self.total_steps / self.steps_per_epoch, "epoch", ".4g")} of '
         f'{info.num_train:,} {info.name} training images ({images:,} images) '
         f'at global batch {self.batch_size:,}; '
         + (f'evaluates {info.num_eval:,} images every {self.eval_every:,} '
@@ -125,26 +127,35 @@ class Trainer:
            f'evaluates {info.num_eval:,} images at the end')
         + (f'; checkpoints every {c.checkpoint_every_steps:,} steps'
            if c.checkpoint_every_steps > 0 else '; checkpoints at the end')
-        + (f' and every {c.checkpoint_every_minutes:g} minutes'
+        + (f' and every {c.checkpoint_every_minutes:g} minutes (the first '
+           'after one minute of training)'
+           if c.get('checkpoint_every_minutes', 0) > 1 else
+           f' and every {c.checkpoint_every_minutes:g} minutes'
            if c.get('checkpoint_every_minutes', 0) > 0 else '')
         + (f'; minival {c.minival_split!r} evaluated beside '
            f'{c.eval_split!r}' if self.minival else '')
         + (f'; few-shot evaluation every {self.fewshot_every:,} steps'
            if self.fewshot else ''),
         f'Learning rate: {c.learning_rate:g}, linear warmup over '
-        f'{self.warmup_steps:,} steps ({self.warmup_source}), then '
+        f'{amount(self.warmup_steps, "step")} ({self.warmup_source}), then '
         f'{c.lr_schedule} to {c.get("lr_end", 0.0):g} at step '
         f'{self.total_steps:,}']
     if c.num_train_steps > 0 and c.get('warmup_percent', -1) >= 0 and \
         c.get('warmup_steps', -1) < 0 and c.get('warmup_epochs', -1) < 0:
+      # A recipe given in steps (num_epochs 0: fine-tuning) has no other
+      # length to quote; its Learning rate line says the share.
       full = int(c.num_epochs * self.steps_per_epoch)
-      if full != self.total_steps:
+      if full > 0 and full != self.total_steps:
         was, _ = optim.resolve_warmup(c, full, self.steps_per_epoch)
         lines.append(
-            f'Warmup follows the run: {was:,} -> {self.warmup_steps:,} steps '
-            f'(the config\'s {c.num_epochs:g} epochs, {full:,} steps, warm '
-            f'up for {was:,}; num_train_steps={self.total_steps:,} keeps '
-            'the same share)')
+            f'Warmup follows the run: {was:,} -> '
+            f'{amount(self.warmup_steps, "step")} (the config\'s '
+            f'{amount(c.num_epochs, "epoch", "g")}, {amount(full, "step")}, '
+            f'warm up for {was:,}; num_train_steps='
+            f'{self.total_steps:,} keeps the same share)')
+    evaluation = self.evaluation_cost()
+    if evaluation:
+      lines.append(evaluation)
     if self.resized:
       h, w = models.input_shape(c)[:2]
       lines.append(
@@ -152,6 +163,31 @@ class Trainer:
           f'{info.image_shape[1]} but the model takes {h}x{w}: they are '
           'resized on the host (tf.data) for training and evaluation')
     return lines
+
+  def evaluations(self) -> int:
+    """Evaluations the whole run makes (the final one included)."""
+    if not self.eval_every:
+      return 1
+    return (self.total_steps // self.eval_every +
+            (self.total_steps % self.eval_every != 0))
+
+  def evaluation_cost(self) -> str:
+    """A line when the run's evaluations cost more than its training (a
+    shortened run of a recipe): what they evaluate, and the flag that
+    evaluates fewer images; '' otherwise. Evaluating an image costs about a
+    third of training on it (a forward pass without the backward)."""
+    images = self.evaluations() * self.info.num_eval
+    trained = self.total_steps * self.batch_size
+    if images / 3 <= trained or self.info.num_eval <= 1000:
+      return ''
+    h, w = models.input_shape(self.config)[:2]
+    split = str(self.config.eval_split).split('[')[0]
+    count = self.evaluations()
+    return (f'Evaluation: {count:,} evaluation{"s" * (count != 1)} of '
+            f'{self.info.num_eval:,} images at {h}x{w} cost about '
+            f'{images / 3 / trained:.0f}x the training of this run '
+            f'({trained:,} images); --config.eval_split=\'{split}[:500]\' '
+            'evaluates 500 of them')
 
   # -- batches -------------------------------------------------------------
 

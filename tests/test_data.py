@@ -21,6 +21,7 @@ import pytest
 from configs import common
 from configs import models
 from mixer import data as ip
+from tests.conftest import tiny_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = pathlib.Path(os.environ.get(
@@ -421,6 +422,7 @@ def test_tfds_download_failure_is_one_line(tmp_path, monkeypatch):
     raise tfds.core.registered.DatasetNotFoundError('Dataset nope not found.')
 
   monkeypatch.setattr(tfds, 'load', unknown)
+  monkeypatch.setattr(tfds, 'builder', unknown)
   with pytest.raises(ip.DataError, match="unknown dataset 'nope'"):
     ip.load_split(make_config('nope'), 'train')
 
@@ -587,6 +589,10 @@ def test_tfds_paths_with_mocked_data(tmp_path, monkeypatch, tf):
   tfds = pytest.importorskip('tensorflow_datasets')
   del tmp_path
   monkeypatch.delenv('MIXER_DATA_DIR', raising=False)  # No local copies.
+  # Mocked tfds downloads nothing: the network probe before a download is
+  # told the network is up (it is tested in tests/test_download.py).
+  from mixer.data import download  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(download, 'unreachable', lambda urls: None)
   ip.clear_cache()
   try:
     with tfds.testing.mock_data(num_examples=12,
@@ -903,3 +909,23 @@ def test_image_folder_needs_no_tensorflow(tmp_path):
       'assert len(list(ip.eval_batches(c))) == 2\n')
   subprocess.run([sys.executable, '-c', code, str(tmp_path)], check=True,
                  cwd=REPO, timeout=60)
+
+
+@pytest.mark.parametrize('folders', [3, 12])
+def test_image_folder_class_count_names_the_flag(tmp_path, folders):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from mixer import trainer  # pylint: disable=g-import-not-at-top
+  for split in ('train', 'test'):
+    for c in range(folders):
+      folder = tmp_path / split / f'class{c:02d}'
+      folder.mkdir(parents=True)
+      Image.fromarray(np.full((32, 32, 3), c, np.uint8)).save(folder / '0.png')
+  config = tiny_config(dataset='my_images', data_dir=str(tmp_path),
+                       eval_split='test', batch_size=2, eval_batch_size=2)
+  assert config.model.num_classes == 10
+  with pytest.raises(ValueError,
+                     match=f'--config.model.num_classes={folders}'):
+    trainer.Trainer(config)
+  with config.unlocked():
+    config.model.num_classes = folders
+  assert trainer.Trainer(config).info.num_classes == folders

@@ -247,9 +247,10 @@ def test_documented_commands_run(block, tmp_path, data_dir):
     pytest.skip(f'{block[0].doc}:{block[0].line}: {block[0].skip}')
   root = _sandbox(tmp_path)
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  # `python` in a command is the Python running the tests (its venv), also
-  # when pytest was started as `.venv/bin/python -m pytest` without activating.
-  env['PATH'] = os.path.dirname(sys.executable) + os.pathsep + env['PATH']
+  # `python` in a command is the interpreter running the tests (its venv),
+  # also when pytest was started as .venv/bin/python without activating it.
+  env['PATH'] = os.pathsep.join([os.path.dirname(sys.executable),
+                                 env.get('PATH', '')])
   env.pop('MIXER_DATA_DIR', None)  # The command says where the data is.
   env['MIXER_DATA_DIR'] = str(shared_data_dir())  # Unless it does not.
   for command in block:
@@ -268,3 +269,26 @@ def test_documented_commands_run(block, tmp_path, data_dir):
         f'{command.doc}:{command.line} failed ({out.returncode}):\n$ {line}\n'
         + (out.stdout + out.stderr)[-4000:])
     assert 'Traceback' not in out.stderr, out.stderr[-4000:]
+
+
+def test_ci_runs_the_readme_setup_installs_and_test_command_verbatim():
+  """The README's two set-up commands stay two one-line blocks, and
+  `.ci/run` makes the first one's installs in a fresh venv, then runs the
+  second as written."""
+  readme = (REPO / 'README.md').read_text()
+  blocks = []
+  for title in ('**Set up and run the main job**', '**Run the tests**'):
+    rest = readme[readme.index(title):]
+    body = rest[rest.index('```bash\n') + len('```bash\n'):]
+    blocks.append(body[:body.index('```')].strip().splitlines())
+  assert [len(b) for b in blocks] == [1, 1], blocks
+  setup, test = blocks[0][0], blocks[1][0]
+  ci = [line.strip() for line in (REPO / '.ci' / 'run').read_text()
+        .splitlines() if line.strip() and not line.startswith('#')]
+  assert ci[-1] == test
+  assert 'python3 -m venv .ci-venv' in ci
+  for install in ('pip install -r requirements.txt',
+                  'pip install --no-deps -e .'):
+    assert install in setup
+    assert any(install.replace('pip install', 'pip install -q') in line
+               for line in ci), install

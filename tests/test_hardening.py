@@ -539,8 +539,8 @@ def test_results_and_metrics_are_strict_json(tmp_path, data_dir, monkeypatch):
   from mixer.evaluators import classification  # pylint: disable=g-import-not-at-top
   evaluate = classification.Evaluator.evaluate
 
-  def nan_loss(self, params):
-    return dict(evaluate(self, params), eval_loss=float('nan'))
+  def nan_loss(self, params, stop=None):
+    return dict(evaluate(self, params, stop=stop), eval_loss=float('nan'))
 
   monkeypatch.setattr(classification.Evaluator, 'evaluate', nan_loss)
   results = train.train_and_evaluate(

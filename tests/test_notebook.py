@@ -9,6 +9,12 @@ install and changes into the repository. The parameters cell reads the
 MIXER_NOTEBOOK_* variables set here: a 32-wide, 1-block Mixer, batch 64, 500
 test images, STEPS baseline steps and one sweep run (patch 8) of 10 steps,
 with the real CIFAR-10 from $MIXER_DATA_DIR.
+
+The branch CI's kernel never takes -- a fresh Colab runtime where `mixer` is
+not installed: clone, keep or upgrade JAX for the TPU or GPU found, install
+-- runs in its own interpreter with that environment faked (the commands are
+recorded, not run), as do mounting Drive for a workdir there and hiding the
+GPU from TensorFlow.
 """
 
 import asyncio
@@ -200,3 +206,128 @@ def test_notebook_stop_restart_rerun(tmp_path, data_dir, monkeypatch):
   assert '| patch2x2 | 2x2 |' in summary and '| patch4x4 | 4x4 |' in summary
   assert summary.count('| not started |') == 2
   assert (sweep_dir / 'curves.png').stat().st_size > 10_000
+
+
+# Runs the notebook's install, parameters and accelerator cells in a fresh
+# interpreter where `mixer` is not importable yet (a new Colab runtime), with
+# `subprocess.run` recording the commands (`git clone` writes a stand-in
+# checkout), and fakes for what only Colab has: Drive, a GPU JAX sees, and
+# TensorFlow (which records what it is told).
+_DRIVER = r'''
+import importlib.machinery, importlib.util, json, os, subprocess, sys, types
+fake = json.loads(os.environ['FAKE'])
+calls, mounted, hidden = [], [], []
+real_find_spec = importlib.util.find_spec
+def find_spec(name, *args, **kwargs):
+  if name == 'mixer':
+    return None  # Not installed yet.
+  if name == 'tensorflow':
+    return importlib.machinery.ModuleSpec('tensorflow', None)
+  return real_find_spec(name, *args, **kwargs)
+importlib.util.find_spec = find_spec
+def run(cmd, check=False, **kwargs):
+  cmd = list(cmd)
+  calls.append(cmd)
+  if cmd[:2] == ['git', 'clone']:
+    os.makedirs(os.path.join(cmd[-1], 'configs'))
+    with open(os.path.join(cmd[-1], 'pyproject.toml'), 'w') as f:
+      f.write('dependencies = ["jax%s", "flax"]\n' % fake['jax_requirement'])
+  if '-c' in cmd:
+    with open(cmd[cmd.index('-c') + 1]) as f:
+      calls.append(f.read().splitlines())
+  return subprocess.CompletedProcess(cmd, 0)
+subprocess.run = run
+drive = types.ModuleType('google.colab.drive')
+drive.mount = mounted.append
+colab = types.ModuleType('google.colab')
+colab.drive = drive
+colab_modules = {'google.colab': colab, 'google.colab.drive': drive}
+tf = types.ModuleType('tensorflow')
+tf.config = types.SimpleNamespace(
+    set_visible_devices=lambda devices, kind: hidden.append([devices, kind]))
+sys.modules['tensorflow'] = tf
+try:
+  for i, source in enumerate(fake['cells']):
+    if i == 2 and fake.get('gpu'):
+      import jax
+      gpu = types.SimpleNamespace(platform='gpu', device_kind='NVIDIA H100')
+      jax.devices = lambda *args: [gpu]
+      jax.local_device_count = lambda *args: 1
+    if i == 1:  # Only the parameters cell is on Colab (jax probes it too).
+      sys.modules.update(colab_modules)
+    exec(compile(source, f'cell{i}', 'exec'), globals())
+    for name in colab_modules:
+      sys.modules.pop(name, None)
+except SystemExit as e:
+  print('SystemExit:', e)
+print('RESULT ' + json.dumps({'calls': calls, 'mounted': mounted,
+                              'hidden': hidden}))
+'''
+
+
+def _fresh_runtime(tmp_path, jax_requirement, env, gpu=False):
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  nb = nbformat.read(str(NOTEBOOK), as_version=4)
+  markers = ('def find_accelerator', 'def _env(', 'devices = jax.devices()')
+  cells = [next(c.source for c in nb.cells if c.cell_type == 'code' and
+                m in c.source) for m in markers]
+  run_env = {k: v for k, v in os.environ.items()
+             if not k.startswith(('MIXER_', 'TPU_', 'COLAB_'))}
+  run_env.update(env, FAKE=json.dumps({
+      'jax_requirement': jax_requirement, 'cells': cells, 'gpu': gpu}),
+                 MIXER_REPO_DIR=str(tmp_path / 'content' / 'mlp-mixer'))
+  out = subprocess.run([sys.executable, '-c', _DRIVER], cwd=tmp_path,
+                       env=run_env, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.split('RESULT ', 1)[1])
+  return out.stdout, result
+
+
+def test_install_cell_on_a_fresh_tpu_runtime(tmp_path):
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  repo = str(tmp_path / 'content' / 'mlp-mixer')
+  url = 'https://example.org/you/mlp-mixer.git'
+  out, result = _fresh_runtime(tmp_path, '>=0.10', {
+      'MIXER_REPO_URL': url, 'COLAB_TPU_ADDR': '10.0.0.2:8470',
+      'MIXER_NOTEBOOK_WORKDIR': '/content/drive/MyDrive/mixer-runs'})
+  assert 'accelerator: tpu (COLAB_TPU_ADDR)' in out, out
+  clone, install, constraints = result['calls']
+  assert clone == ['git', 'clone', '--depth=1', url, repo]
+  # The runtime's jax is kept: pinned in a constraints file, never upgraded.
+  assert install[:5] == [sys.executable, '-m', 'pip', 'install', '-q']
+  assert install[5] == '-c' and install[-2:] == ['-e', repo]
+  assert f'jax=={importlib.metadata.version("jax")}' in constraints
+  assert f'Working directory: {repo}' in out
+  # The workdir on Drive: Drive is mounted first.
+  assert result['mounted'] == ['/content/drive']
+  assert 'runs go to /content/drive/MyDrive/mixer-runs' in out
+
+
+def test_install_cell_on_a_gpu_runtime_with_an_old_jax(tmp_path):
+  import sys  # pylint: disable=g-import-not-at-top
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  (bin_dir / 'nvidia-smi').write_text('#!/bin/sh\n')
+  (bin_dir / 'nvidia-smi').chmod(0o755)
+  out, result = _fresh_runtime(tmp_path, '>=99', {
+      'MIXER_REPO_URL': 'https://example.org/x.git',
+      'PATH': f'{bin_dir}{os.pathsep}{os.environ["PATH"]}'}, gpu=True)
+  assert 'accelerator: gpu (nvidia-smi)' in out, out
+  assert 'is older than this project needs (jax>=99): upgrading it' in out
+  upgrade = result['calls'][1]
+  assert upgrade == [sys.executable, '-m', 'pip', 'install', '-q', '-U',
+                     'jax[cuda12]>=99']
+  # JAX sees the GPU; TensorFlow (tf.data) is told to see none.
+  assert result['hidden'] == [[[], 'GPU']]
+  assert 'TensorFlow sees no GPU' in out
+  assert result['mounted'] == []  # The default workdir: no Drive.
+
+
+def test_install_cell_without_a_repository_says_what_to_fill_in(tmp_path):
+  out, result = _fresh_runtime(tmp_path, '>=0.10', {})
+  assert 'SystemExit: Fill in REPO_URL above' in out
+  assert result['calls'] == []

@@ -1,23 +1,33 @@
-"""Ctrl-C and `stop`: the run ends within seconds, saying what it saved.
+"""Ctrl-C and `stop`: the run ends saving its last finished step, saying so.
 
 Real `train.py` processes get a real SIGINT: between quick steps the current
-step is saved and the run exits (status 130, not an `error:`); while the
-main thread is stuck in a long step, the watchdog exits after its grace
-period naming the last checkpoint. The notebook's path, a `stop` event set
-from another thread, saves the same way.
+step is saved and the run exits (status 130, not an `error:`); a step that
+takes longer than the grace (a sleep injected into the step) is finished,
+said while waiting, then saved, and the rerun resumes there; only a hung
+step makes the watchdog exit without saving, naming the last checkpoint.
+The notebook's path, a `stop` event set from another thread, saves the same
+way, also during an evaluation (the rerun evaluates that step first and
+writes the same metrics as a run never stopped). The first time-based
+checkpoint comes early.
 """
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 
+import pytest
+
 from mixer import checkpoints
+from mixer import loop
+from mixer import metrics
 from mixer import stopping
 from mixer import train
+from mixer.evaluators import classification
 from tests.conftest import REPO
 from tests.conftest import tiny_config
 
@@ -39,6 +49,36 @@ def block_until_ready(x):
     time.sleep(300)
   return _wait(x)
 jax.block_until_ready = block_until_ready
+sys.argv[0] = os.path.join({repo!r}, 'train.py')
+import runpy
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+# train.py's main, every train step made `seconds` longer by a sleep inside
+# it (a host callback the step's result depends on), and the stop grace
+# shortened to `grace` seconds.
+_SLOW = """
+import os, sys, time
+sys.path.insert(0, {repo!r})
+import numpy as np
+import jax
+import jax.numpy as jnp
+from jax.experimental import io_callback
+from mixer import step as step_lib
+from mixer import stopping
+stopping.STOP_GRACE_SECONDS = {grace}
+_make = step_lib.make_train_step
+def _sleep():
+  time.sleep({seconds})
+  return np.int32(0)
+def make_train_step(*args, **kwargs):
+  step = _make(*args, **kwargs)
+  def slow(state, images, labels):
+    late = io_callback(_sleep, jax.ShapeDtypeStruct((), jnp.int32))
+    return step(state.replace(step=state.step + late), images, labels)
+  return slow
+step_lib.make_train_step = make_train_step
 sys.argv[0] = os.path.join({repo!r}, 'train.py')
 import runpy
 runpy.run_path(sys.argv[0], run_name='__main__')
@@ -160,3 +200,111 @@ def test_stop_event_from_another_thread(tmp_path, data_dir):
   assert checkpoints.complete_steps(
       checkpoints.checkpoint_dir(str(tmp_path))) == [step]
   assert not (tmp_path / 'results.json').exists()
+
+
+def test_ctrl_c_during_a_step_longer_than_the_grace_saves_it(tmp_path,
+                                                             data_dir):
+  workdir = tmp_path / 'w'
+  grace, seconds = 1.0, 3.0
+  args = ['--config=configs/cifar10_baseline.py', f'--workdir={workdir}',
+          '--config.num_train_steps=100000', '--config.warmup_steps=2',
+          '--config.checkpoint_every_steps=0',
+          '--config.checkpoint_every_minutes=0', *_TINY,
+          '--config.log_every_steps=1']
+  proc = _start(args, data_dir,
+                _SLOW.format(repo=str(REPO), grace=grace, seconds=seconds))
+  _wait_for(proc, 'step 2/')  # Step 3 starts now and runs for 3 s.
+  time.sleep(1.0)
+  t0 = time.time()
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=60)
+  waited = time.time() - t0
+  assert proc.returncode == 130, err[-2000:]
+  lines = err.strip().splitlines()
+  notice = [l for l in lines if l.startswith('stopping: ')]
+  assert notice and re.match(
+      r'stopping: finishing step 3 \(a step takes ~\d+ s here\), then saving '
+      r'step 3; Ctrl-C again to quit at once', notice[0]), lines[-5:]
+  assert lines[-1].startswith(
+      f'stopped at step 3 of 100,000: checkpoint 3 is in {workdir}/'
+      'checkpoints'), lines[-1]
+  assert grace < waited < 20, waited  # It waited past the grace for step 3.
+  assert checkpoints.complete_steps(
+      checkpoints.checkpoint_dir(str(workdir))) == [3]
+  config = json.loads((workdir / 'config.json').read_text())
+  resumed = tiny_config(num_train_steps=5, warmup_steps=2,
+                        checkpoint_every_steps=0, checkpoint_every_minutes=0,
+                        eval_split='test[:250]', log_every_steps=1,
+                        **{'model.model_name': config['model']['model_name']})
+  results = train.train_and_evaluate(resumed, str(workdir))
+  assert results['resumed_from_step'] == 3
+  assert results['steps'] == 5
+
+
+def _stop_at_evaluation(monkeypatch, event, call):
+  """Sets `event` as the `call`-th classification evaluation starts."""
+  calls = []
+  original = classification.Evaluator.evaluate
+
+  def evaluate(self, params, stop=None):
+    calls.append(1)
+    if len(calls) == call:
+      event.set()
+    return original(self, params, stop=stop)
+
+  monkeypatch.setattr(classification.Evaluator, 'evaluate', evaluate)
+
+
+@pytest.mark.parametrize('call', [1, 2], ids=['periodic', 'final'])
+def test_stop_during_an_evaluation_keeps_the_step(tmp_path, data_dir,
+                                                  monkeypatch, call):
+  config = tiny_config(num_train_steps=4, eval_every_steps=2,
+                       checkpoint_every_steps=0, checkpoint_every_minutes=0)
+  whole = train.train_and_evaluate(config, str(tmp_path / 'whole'))
+  workdir = str(tmp_path / 'stopped')
+  stop = threading.Event()
+  with monkeypatch.context() as m:
+    _stop_at_evaluation(m, stop, call)
+    with pytest.raises(stopping.Interrupted) as info:
+      train.train_and_evaluate(config, workdir, stop=stop)
+  step = 2 * call
+  assert str(info.value).startswith(
+      f'stopped at step {step} of 4 during its evaluation: checkpoint {step} '
+      f'is in {workdir}/checkpoints'), str(info.value)
+  assert 'its evaluation runs first when resumed' in str(info.value)
+  assert checkpoints.complete_steps(
+      checkpoints.checkpoint_dir(workdir))[-1] == step
+  assert not os.path.exists(os.path.join(workdir, 'results.json'))
+  results = train.train_and_evaluate(config, workdir)
+  assert results['resumed_from_step'] == step
+  assert results['final_eval_accuracy'] == whole['final_eval_accuracy']
+  assert (metrics.read_records(workdir, drop_timing=True) ==
+          metrics.read_records(str(tmp_path / 'whole'), drop_timing=True))
+
+
+def test_first_time_based_checkpoint_comes_early(tmp_path, data_dir,
+                                                 monkeypatch):
+  monkeypatch.setattr(loop, 'FIRST_CHECKPOINT_SECONDS', 1.0)
+  stop = threading.Event()
+  config = tiny_config(num_train_steps=100_000, log_every_steps=1000,
+                       checkpoint_every_steps=0, checkpoint_every_minutes=10)
+  outcome = {}
+
+  def run():
+    try:
+      train.train_and_evaluate(config, str(tmp_path), stop=stop)
+    except stopping.Interrupted as e:
+      outcome['stopped'] = str(e)
+
+  thread = threading.Thread(target=run)
+  t0 = time.time()
+  thread.start()
+  ckpt_dir = checkpoints.checkpoint_dir(str(tmp_path))
+  while not checkpoints.complete_steps(ckpt_dir) and time.time() - t0 < 120:
+    time.sleep(0.1)
+  first = checkpoints.complete_steps(ckpt_dir)
+  stop.set()
+  thread.join(timeout=120)
+  assert first and first[0] > 1, first  # Long before the 10 minutes.
+  assert time.time() - t0 < 120
+  assert outcome['stopped'].startswith('stopped at step ')

@@ -219,9 +219,9 @@ def test_feedback_within_seconds_and_honest_throughput(tmp_path, data_dir,
   from mixer.evaluators import classification  # pylint: disable=g-import-not-at-top
   evaluate = classification.Evaluator.evaluate
 
-  def slow_eval(self, params):
+  def slow_eval(self, params, stop=None):
     time.sleep(1.5)
-    return evaluate(self, params)
+    return evaluate(self, params, stop=stop)
 
   monkeypatch.setattr(classification.Evaluator, 'evaluate', slow_eval)
   monkeypatch.setattr(loop, 'PROGRESS_EVERY_SECONDS', 0.0)
@@ -247,3 +247,31 @@ def test_feedback_within_seconds_and_honest_throughput(tmp_path, data_dir,
   assert results['train_seconds'] < results['wall_seconds'] - 3.0
   assert results['images_per_second'] == pytest.approx(
       7 * 32 / results['train_seconds'], rel=1e-6)
+
+
+def test_shortened_run_says_what_its_evaluation_costs(data_dir):
+  from mixer import trainer  # pylint: disable=g-import-not-at-top
+  short = trainer.Trainer(tiny_config(num_train_steps=2, warmup_steps=1,
+                                              eval_split='test'))
+  line = short.evaluation_cost()
+  assert line == ("Evaluation: 1 evaluation of 10,000 images at 32x32 cost "
+                  "about 52x the training of this run (64 images); "
+                  "--config.eval_split='test[:500]' evaluates 500 of them")
+  assert line in short.describe()
+  # The shipped CPU job trains far more images than it evaluates: no line.
+  from configs import cifar10_cpu  # pylint: disable=g-import-not-at-top
+  assert trainer.Trainer(cifar10_cpu.get_config()).evaluation_cost() == ''
+
+
+def test_eval_batch_is_not_padded_beyond_a_small_split(data_dir):
+  from mixer.evaluators import classification  # pylint: disable=g-import-not-at-top
+  config = tiny_config(eval_split='test[:500]', eval_batch_size=1000)
+  fitted = classification.fit_eval_batch(config, 500, 1)
+  assert fitted.eval_batch_size == 500 and config.eval_batch_size == 1000
+  batches = list(input_pipeline.eval_batches(fitted))
+  assert len(batches) == 1 and batches[0]['mask'].tolist() == [1.0] * 500
+  # Rounded up to a multiple of the devices; a larger split keeps its batch.
+  assert classification.fit_eval_batch(config, 500, 3).eval_batch_size == 501
+  assert classification.fit_eval_batch(config, 5000, 1) is config
+  from mixer import trainer  # pylint: disable=g-import-not-at-top
+  assert trainer.Trainer(config).evaluator.config.eval_batch_size == 500

@@ -11,6 +11,9 @@ Where the data comes from, in order:
 3. TensorFlow Datasets by name (`cifar10`, `cifar100`, `fashion_mnist`,
    `mnist`, `oxford_iiit_pet`, ...), downloading into tfds's data dir
    (`$TFDS_DATA_DIR`, default `~/tensorflow_datasets`) if not prepared there.
+   Without network this fails within seconds (the download's hosts are
+   probed first, instead of tfds's minutes of retries), and a failed
+   download leaves nothing behind.
    Datasets that need a manual download (`imagenet2012`, `imagenet21k`) are
    never downloaded: tfds builds them only from archives already in its
    manual dir, and when they are missing a one-line error says how to
@@ -82,6 +85,7 @@ Modules, in the order data flows (each imports only those above it):
 | `folders` | image folders `<split>/<class>/<image>`: listing and decoding |
 | `local` | local folders: `.npz` shards, CIFAR pickles, IDX files, image folders |
 | `locate` | where a dataset is: `config.data_dir`, `$MIXER_DATA_DIR`, tfds |
+| `download` | before a tfds download: is the network there (seconds); after a failed one: its leftovers removed |
 | `tfds` | tfds builders, whole splits through tfds, tfds metadata and errors |
 | `dataset` | `load_split` / `dataset_info` from whichever source has the data |
 | `batches` | the deterministic training order and the padded eval pass |
@@ -92,6 +96,7 @@ outside `mixer/data/` imports its submodules except tests.
 """
 
 from mixer.data.base import DataError
+from mixer.data.base import DatasetUnavailable
 from mixer.data.base import DatasetInfo
 from mixer.data.base import ENV_DATA_DIR
 from mixer.data.base import KNOWN_CLASS_NAMES
@@ -110,7 +115,8 @@ from mixer.data.stream import tfds_eval_dataset
 from mixer.data.stream import tfds_train_dataset
 
 __all__ = [
-    'CENTER_CROP_FRACTION', 'DataError', 'DatasetInfo', 'ENV_DATA_DIR',
+    'CENTER_CROP_FRACTION', 'DataError', 'DatasetInfo', 'DatasetUnavailable',
+    'ENV_DATA_DIR',
     'KNOWN_CLASS_NAMES', 'MANUAL_DATASETS', 'clear_cache', 'dataset_info',
     'epoch_permutation', 'eval_batches', 'load_split', 'local_dir',
     'steps_per_epoch', 'tfds_data_dir', 'tfds_eval_dataset',

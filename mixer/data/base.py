@@ -49,6 +49,12 @@ class DataError(ValueError):
     super().__init__(' '.join(str(message).split()))
 
 
+class DatasetUnavailable(DataError):
+  """The dataset cannot be had at all here: no local copy and tfds cannot
+  download it (no network, an unknown name, a manual download not done).
+  Every run asking for it would fail the same way (a sweep fails it once)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
   """What the training loop needs to know about a dataset.

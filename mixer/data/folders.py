@@ -246,7 +246,10 @@ def read_split(root: str, split: str, num_classes: Optional[int],
   if num_classes and len(names) > num_classes:
     raise DataError(f'{index.folder}: {len(names)} class folders, but the '
                     f'dataset has {num_classes} classes (config.model.'
-                    'num_classes, or the known classes of config.dataset)')
+                    'num_classes, or the known classes of config.dataset); '
+                    f'for these folders pass --config.model.num_classes='
+                    f'{len(names)} (and a --config.dataset name of your own '
+                    'if it is a known one)')
   channels = options.channels
   if options.hw is None:
     if len(index.sizes) > 1:

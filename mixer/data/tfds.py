@@ -3,7 +3,10 @@
 Owns the tfds builder (preparing or downloading a dataset once), whole
 splits loaded into host memory (`load_cached`), `DatasetInfo` from tfds
 metadata, and turning tfds's failures (no network, unknown name, a
-manual-download dataset not prepared) into one-line `DataError`s.
+manual-download dataset not prepared) into one-line `DataError`s
+(`DatasetUnavailable` when the dataset cannot be had here at all). Before a
+download the network is probed (`mixer.data.download`), so that without it
+the error comes in seconds, and a failed download's leftovers are removed.
 """
 
 import functools
@@ -14,8 +17,10 @@ from typing import Optional, Tuple
 from absl import logging
 import numpy as np
 
+from mixer.data import download
 from mixer.data import locate
 from mixer.data.base import DataError
+from mixer.data.base import DatasetUnavailable
 from mixer.data.base import DatasetInfo
 from mixer.data.base import ENV_DATA_DIR
 from mixer.data.base import KNOWN_CLASS_NAMES
@@ -50,7 +55,7 @@ def _manual_error(name: str, data_dir: Optional[str]) -> DataError:
   """Says how to prepare a manual-download dataset (`MANUAL_DATASETS`)."""
   base = name.split(':')[0].split('/')[0]
   where = data_dir or _default_tfds_data_dir()
-  return DataError(f'{name!r} is not prepared in the TFDS data dir {where}. '
+  return DatasetUnavailable(f'{name!r} is not prepared in the TFDS data dir {where}. '
                    + locate.MANUAL_DATASETS[base].format(data_dir=where))
 
 
@@ -68,11 +73,11 @@ def tfds_error(name: str, split: Optional[str], e: BaseException,
       'DatasetNotFoundError', 'AssertionError'):
     return _manual_error(name, data_dir)
   if type(e).__name__ == 'DatasetNotFoundError':
-    return DataError(f'unknown dataset {name!r}: no local copy (config.'
+    return DatasetUnavailable(f'unknown dataset {name!r}: no local copy (config.'
                      f'data_dir, ${ENV_DATA_DIR}/{name}/) and tfds does not '
                      'know that name')
   if _is_network_error(e):
-    return DataError(f'tfds could not download {what} ({describe(e)}); '
+    return DatasetUnavailable(f'tfds could not download {what} ({describe(e)}); '
                      'without network access, point config.data_dir or '
                      f'${ENV_DATA_DIR} (a folder holding {name}/) at a local '
                      'copy')
@@ -106,24 +111,63 @@ def prepared_builder(config, split: Optional[str] = None):
   Manual-download datasets are only built from files already in the manual
   dir; without them, a one-line DataError says how to prepare them.
   """
+  return _prepare(str(config.dataset), split, locate.tfds_data_dir(config))
+
+
+def _prepare(name: str, split: Optional[str], data_dir: Optional[str]):
+  """The tfds builder of `name` in `data_dir`, prepared.
+
+  A dataset not prepared there is downloaded, after checking within
+  seconds that its servers (or the proxy) can be reached at all; a
+  download that fails leaves nothing behind (`download.Leftovers`).
+  """
   tfds = import_tfds()
-  name = str(config.dataset)
-  data_dir = locate.tfds_data_dir(config)
+  base = name.split(':')[0].split('/')[0]
   try:
     builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.info.splits:
-      if dataset_name(config) in locate.MANUAL_DATASETS:
-        # Builds only from files already in the manual dir and never fetches
-        # anything (nor asks GCS): without them tfds raises, and the error
-        # below says how to get them. Better prepared once, before training.
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(
-                try_download_gcs=False))
-      else:
-        builder.download_and_prepare()
+    if builder.info.splits:
+      return builder
+    if base in locate.MANUAL_DATASETS:
+      # Builds only from files already in the manual dir and never fetches
+      # anything (nor asks GCS): without them tfds raises, and the error
+      # below says how to get them. Better prepared once, before training.
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(
+              try_download_gcs=False))
+      return builder
+    _check_network(builder, name, split, data_dir)
+    leftovers = download.Leftovers(str(builder.data_dir_root),
+                                   builder.name)
+    try:
+      builder.download_and_prepare()
+    except BaseException:
+      removed = leftovers.remove()
+      if removed:
+        logging.info('Removed what the failed download created: %s',
+                     ', '.join(removed))
+      raise
+  except DataError:
+    raise
   except Exception as e:  # pylint: disable=broad-except
     raise tfds_error(name, split, e, data_dir) from e
   return builder
+
+
+def _check_network(builder, name: str, split: Optional[str],
+                   data_dir: Optional[str]) -> None:
+  """DatasetUnavailable, within seconds, when none of the servers the
+  dataset downloads from (or the proxy) can be reached."""
+  urls = list(getattr(builder, 'url_infos', None) or ())
+  why = download.unreachable(urls)
+  if why is None:
+    return
+  what = f'{name!r}' + (f' split {split!r}' if split else '')
+  where = data_dir or str(builder.data_dir_root)
+  raise DatasetUnavailable(
+      f'{what} is not prepared in the TFDS data dir {where} and cannot be '
+      f'downloaded: no network ({why}); point config.data_dir or '
+      f'${ENV_DATA_DIR} (a folder holding {name}/) at a local copy, or '
+      'run once where the network is reachable')
 
 
 def load(config, split: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -142,15 +186,10 @@ def _load_cached(name: str, split: str, hw: Tuple[int, int],
   tfds = import_tfds()
   logging.info('Loading %s split %r with tfds (downloads and prepares it '
                'first if needed).', name, split)
-  base = name.split(':')[0].split('/')[0]
+  builder = _prepare(name, split, data_dir)
+  info = builder.info
   try:
-    download_config = None
-    if base in locate.MANUAL_DATASETS:  # As in prepared_builder.
-      download_config = tfds.download.DownloadConfig(try_download_gcs=False)
-    ds, info = tfds.load(
-        name, split=split, with_info=True, shuffle_files=False,
-        data_dir=data_dir,
-        download_and_prepare_kwargs={'download_config': download_config})
+    ds = builder.as_dataset(split=split, shuffle_files=False)
   except Exception as e:  # pylint: disable=broad-except
     raise tfds_error(name, split, e, data_dir) from e
   features = info.features

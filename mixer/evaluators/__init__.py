@@ -6,5 +6,12 @@
 | `fewshot` | the paper's linear few-shot accuracy of the frozen features |
 
 An evaluator is built once from the config and model, and its
-`evaluate(params)` returns a dict of metrics; it never trains or writes.
+`evaluate(params, stop=None)` returns a dict of metrics; it never trains or
+writes. `stop`, a callable, is checked between batches (or datasets): when
+it returns True the evaluation gives up with `EvaluationStopped`, so that
+Ctrl-C during a long evaluation is served within one batch.
 """
+
+
+class EvaluationStopped(Exception):
+  """An evaluation gave up because its `stop` callable asked it to."""

@@ -18,6 +18,7 @@ from mixer import augment
 from mixer import data
 from mixer import losses
 from mixer import models
+from mixer.evaluators import EvaluationStopped
 
 
 def make_eval_step(model: models.MlpMixer, num_classes: int,
@@ -46,6 +47,23 @@ PROGRESS_AFTER_SECONDS = 5.0
 PROGRESS_EVERY_SECONDS = 10.0
 
 
+def fit_eval_batch(config, num_examples: Optional[int], multiple: int):
+  """`config`, or a copy whose eval_batch_size is cut down to the eval
+  split rounded up to `multiple` (devices x processes) when the split is
+  smaller than one batch: a 500-image split is evaluated in one batch of
+  500, not padded to 1,000."""
+  batch = int(config.eval_batch_size)
+  if not num_examples or batch <= 0 or multiple <= 0:
+    return config
+  fitted = -(-int(num_examples) // multiple) * multiple
+  if fitted >= batch:
+    return config
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.eval_batch_size = fitted
+  return config
+
+
 class Evaluator:
   """Classification eval of `config.eval_split` on this process's devices.
 
@@ -60,21 +78,27 @@ class Evaluator:
 
   def __init__(self, config, model: models.MlpMixer, num_classes: int, *,
                stream: bool, num_examples: Optional[int] = None):
-    self.config = config
     self.stream = stream
     self.num_examples = num_examples
     self.num_devices = jax.local_device_count()
     self.process_index = jax.process_index()
     self.process_count = jax.process_count()
+    self.config = fit_eval_batch(config, num_examples,
+                                 self.num_devices * self.process_count)
     self.p_eval = jax.pmap(
         make_eval_step(model, num_classes, config.get('loss', 'softmax')),
         axis_name='batch')
+    # Seconds of the last eval batch (None before the first): how long a
+    # stop request waits at most.
+    self.batch_seconds: Optional[float] = None
 
-  def evaluate(self, params) -> Dict[str, float]:
+  def evaluate(self, params, stop: Optional[Callable[[], bool]] = None
+               ) -> Dict[str, float]:
     """Loss and accuracy over every eval example (padding masked out).
 
     An evaluation that takes longer than PROGRESS_AFTER_SECONDS logs its
-    progress every PROGRESS_EVERY_SECONDS.
+    progress every PROGRESS_EVERY_SECONDS. `stop()` is checked before every
+    batch; when it is True, `EvaluationStopped` is raised.
     """
     totals = None
     source = (data.tfds_eval_dataset if self.stream
@@ -84,6 +108,9 @@ class Evaluator:
     done = 0
     for b in source(self.config, process_index=self.process_index,
                     process_count=self.process_count):
+      if stop is not None and stop():
+        raise EvaluationStopped()
+      t_batch = time.time()
       shard = lambda x: x.reshape((self.num_devices, -1) + x.shape[1:])
       out = self.p_eval(params, shard(b['image']),
                         shard(b['label'].astype(np.int32)), shard(b['mask']))
@@ -93,6 +120,7 @@ class Evaluator:
       totals = out if totals is None else jax.tree_util.tree_map(
           jnp.add, totals, out)
       now = time.time()
+      self.batch_seconds = now - t_batch
       if now - t0 >= PROGRESS_AFTER_SECONDS and \
           now - last >= PROGRESS_EVERY_SECONDS:
         done = int(jax.device_get(totals['count']))

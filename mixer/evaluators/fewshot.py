@@ -42,7 +42,7 @@ data comes only through `mixer.data.load_split`, weights only through
 `mixer.pretrained.load_params`.
 """
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from absl import logging
 import jax
@@ -55,6 +55,7 @@ from mixer import augment
 from mixer import data
 from mixer import models
 from mixer import params as params_lib
+from mixer.evaluators import EvaluationStopped
 
 # big_vision's constants: the appended bias feature and the whitening epsilon.
 BIAS_CONSTANT = 100.0
@@ -438,16 +439,20 @@ class FewShotEvaluator:
       accs[int(shots)] = float(np.mean(per_seed))
     return accs
 
-  def evaluate(self, params) -> Dict[str, float]:
+  def evaluate(self, params, stop: Optional[Callable[[], bool]] = None
+               ) -> Dict[str, float]:
     """{'fewshot/<dataset>_<shots>shot': mean accuracy over the seeds}.
 
     `params` are the model's (a `head` is ignored; params replicated over
     the local devices are read from the first device). Test features are
     extracted afresh on every call, since the params change between calls.
+    `stop()` is checked before every dataset (`EvaluationStopped`).
     """
     params = self.params_for_model(params)
     out = {}
     for name in self.fs.datasets:
+      if stop is not None and stop():
+        raise EvaluationStopped()
       for shots, acc in self.evaluate_dataset(params, name).items():
         out[f'fewshot/{name}_{shots}shot'] = acc
     return out
