@@ -292,19 +292,20 @@ class Loop:
                  f'{self.step:,}', result['eval_loss'],
                  pct(result['eval_accuracy']),
                  f'{result["eval_examples"]:,}', seconds)
-    if self.trainer.minival is not None:
+    for name, evaluator in self.trainer.extra_evals:  # minival, ...
       self.progress.pause(self.step)
       t0 = time.time()
-      minival = {k.replace('eval_', 'minival_'): v for k, v in
-                 self.trainer.minival.evaluate(self.pstate.params).items()}
+      extra = {k.replace('eval_', f'{name}_'): v for k, v in
+               evaluator.evaluate(self.pstate.params).items()}
       self.progress.resume()
       self.eval_seconds += time.time() - t0
-      self.last_minival = minival
-      record.update(minival)
-      logging.info('step %s: minival loss %.4f, accuracy %s (%s examples)',
-                   f'{self.step:,}', minival['minival_loss'],
-                   pct(minival['minival_accuracy']),
-                   f'{minival["minival_examples"]:,}')
+      if name == 'minival':
+        self.last_minival = extra
+      record.update(extra)
+      logging.info('step %s: %s loss %.4f, accuracy %s (%s examples)',
+                   f'{self.step:,}', name, extra[f'{name}_loss'],
+                   pct(extra[f'{name}_accuracy']),
+                   f'{extra[f"{name}_examples"]:,}')
 
   def _evaluate_fewshot(self, record: Dict[str, Any]) -> None:
     self._collect()
@@ -319,7 +320,8 @@ class Loop:
     logging.info('step %s: few-shot linear accuracy %s (%.1f s)',
                  f'{self.step:,}', ', '.join(
                      f'{k.split("/", 1)[-1]} {pct(v)}'
-                     for k, v in result.items()), time.time() - t0)
+                     for k, v in result.items() if '-seed-' not in k),
+                 time.time() - t0)
 
   def _save(self) -> None:
     self._collect()  # Never save a non-finite state.
