@@ -16,6 +16,7 @@ from mixer.data.base import DataError
 from mixer.data.base import DatasetInfo
 from mixer.data.base import KNOWN_CLASS_NAMES
 from mixer.data.base import dataset_name
+from mixer.data.base import describe
 
 
 def load_split(config, split: str, resize: str = 'antialias'
@@ -92,7 +93,7 @@ def steps_per_epoch(config) -> int:
 def check_eval_split(config, split: str, label_key: str = 'label',
                      num_classes: Optional[int] = None, *,
                      purpose: str = 'evaluation',
-                     tfds_dir: Optional[str] = None) -> Optional[int]:
+                     tfds_dir: Optional[str] = None) -> int:
   """Examples in `split` of `config.dataset`, checked before a run trains.
 
   For an evaluation on another split or dataset than the run's (big_vision's
@@ -101,7 +102,7 @@ def check_eval_split(config, split: str, label_key: str = 'label',
   downloads), hold `split` and the feature `label_key`, with `num_classes`
   classes. `tfds_dir`: read it with tfds from that TFDS data dir (the one
   the run's own dataset is in) rather than where `config` points. Returns
-  None when tfds does not know the split's size yet.
+  the split's size.
 
   Raises:
     DataError: one line naming `purpose`, the dataset and what to do.
@@ -131,10 +132,13 @@ def check_eval_split(config, split: str, label_key: str = 'label',
            '.download_and_prepare()"` (docs/imagenet.md)')
     raise DataError(f'{purpose} reads {name!r} split {split!r}, which is not '
                     f'prepared in the TFDS data dir {where}: {how}')
-  size = tfds_source.split_size(info, split)
-  if size is None and split.split('[')[0] not in info.splits:
-    raise DataError(f'{purpose}: {name!r} has no split {split!r} (it has '
-                    f'{", ".join(sorted(info.splits))})')
+  try:
+    size = int(info.splits[split].num_examples)
+  except (KeyError, ValueError) as e:
+    raise DataError(f'{purpose}: {name!r} has no split {split!r} '
+                    f'({describe(e)})') from e
+  if size == 0:
+    raise DataError(f'{purpose}: {name!r} split {split!r} is empty')
   if label_key not in info.features:
     raise DataError(f'{purpose}: {name!r} has no feature {label_key!r} (it '
                     f'has {", ".join(info.features.keys())})')
