@@ -299,7 +299,9 @@ def tfds_eval_dataset(config, *, process_index: int = 0,
 
   def label(ex):
     if multi:
-      return tf.reduce_max(tf.one_hot(ex[label_key], num_classes), axis=0)
+      # Summed, not maxed: the max of no labels would be -inf.
+      return tf.minimum(tf.reduce_sum(
+          tf.one_hot(ex[label_key], num_classes), axis=0), 1.0)
     return tf.cast(ex[label_key], tf.int32)
 
   def preprocess(ex):
