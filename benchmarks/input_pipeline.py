@@ -183,6 +183,39 @@ def write_imagenet21k_standin(data_dir: str, *, num: int = 96,
   return data_dir
 
 
+def write_imagenet_eval_standins(data_dir: str, *, num: int = 12,
+                                 sizes: Sequence[Tuple[int, int]] = SMALL_SIZES
+                                ) -> str:
+  """Prepares tiny `imagenet_v2` (a 'test' split) and `imagenet2012_real` (a
+  'validation' split, a set of real labels per image, some empty) in
+  `data_dir`, with tfds's own features for both, so tfds reads them through
+  its builders as it reads the real ones (which need downloads: ImageNet-V2
+  from the web, ReaL the ImageNet validation tar). Returns data_dir."""
+  import tensorflow_datasets as tfds
+  images, labels = source_images(num, seed=2)
+  jpegs = _jpegs(images, sizes)
+  for name, split in (('imagenet_v2', 'test'),
+                      ('imagenet2012_real', 'validation')):
+    builder = tfds.builder(name, data_dir=data_dir)
+    examples = []
+    for i in range(num):
+      ex = {'image': io.BytesIO(jpegs[i]), 'file_name': f'{name}_{i}.jpeg'}
+      label = int(labels[i]) * 100 + i
+      if name == 'imagenet_v2':
+        ex['label'] = label
+      else:  # 0, 1 or 2 real labels: the first is the original one.
+        ex['original_label'] = label
+        ex['real_label'] = [label, (label + 1) % 1000][:i % 3]
+      examples.append((f'{i:06d}', ex))
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name=name, version=str(builder.version),
+        config=builder.builder_config.name if builder.builder_config else None,
+        features=builder.info.features, split_datasets={split: examples},
+        data_dir=data_dir,
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return data_dir
+
+
 # ----------------------------------------------------------------------------
 # Benchmark.
 # ----------------------------------------------------------------------------

@@ -40,8 +40,8 @@ class Evaluations:
 
   def classification(self, params, step: int, record: Dict[str, Any],
                      stop: Optional[Callable[[], bool]]) -> None:
-    """Eval split (and minival) accuracy and loss of `params` into
-    `record`."""
+    """Eval split (and minival, config.extra_evals) accuracy and loss of
+    `params` into `record`."""
     self.progress.pause(step)
     t0 = time.time()
     result = self.trainer.evaluator.evaluate(params, stop=stop)
@@ -58,20 +58,20 @@ class Evaluations:
                  f'{step:,}', result['eval_loss'],
                  pct(result['eval_accuracy']),
                  f'{result["eval_examples"]:,}', seconds)
-    if self.trainer.minival is None:
-      return
-    self.progress.pause(step)
-    t0 = time.time()
-    minival = {k.replace('eval_', 'minival_'): v for k, v in
-               self.trainer.minival.evaluate(params, stop=stop).items()}
-    self.progress.resume()
-    self.seconds += time.time() - t0
-    self.last_minival = minival
-    record.update(minival)
-    logging.info('step %s: minival loss %.4f, accuracy %s (%s examples)',
-                 f'{step:,}', minival['minival_loss'],
-                 pct(minival['minival_accuracy']),
-                 f'{minival["minival_examples"]:,}')
+    for name, evaluator in self.trainer.extra_evals:  # minival, ...
+      self.progress.pause(step)
+      t0 = time.time()
+      extra = {k.replace('eval_', f'{name}_'): v for k, v in
+               evaluator.evaluate(params, stop=stop).items()}
+      self.progress.resume()
+      self.seconds += time.time() - t0
+      if name == 'minival':
+        self.last_minival = extra
+      record.update(extra)
+      logging.info('step %s: %s loss %.4f, accuracy %s (%s examples)',
+                   f'{step:,}', name, extra[f'{name}_loss'],
+                   pct(extra[f'{name}_accuracy']),
+                   f'{extra[f"{name}_examples"]:,}')
 
   def fewshot(self, params, step: int, record: Dict[str, Any],
               stop: Optional[Callable[[], bool]]) -> None:
@@ -86,4 +86,5 @@ class Evaluations:
     logging.info('step %s: few-shot linear accuracy %s (%.1f s)',
                  f'{step:,}', ', '.join(
                      f'{k.split("/", 1)[-1]} {pct(v)}'
-                     for k, v in result.items()), time.time() - t0)
+                     for k, v in result.items() if '-seed-' not in k),
+                 time.time() - t0)

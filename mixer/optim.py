@@ -98,14 +98,17 @@ def resolve_warmup(config, total_steps: int,
 def learning_rate_schedule(config, total_steps: int,
                            steps_per_epoch: Optional[float] = None
                            ) -> optax.Schedule:
-  """Linear warmup from 0 to `learning_rate`, then the decay to `lr_end`.
+  """Linear warmup from 0 to `learning_rate`, then the decay to the end.
 
   `config.lr_schedule`: 'linear' (paper pre-training), 'cosine' (paper
   fine-tuning) or 'constant'. The warmup is `resolve_warmup`'s; the decay
   always ends exactly at the run's last step, `total_steps`, whatever the
   run's length: values at key steps are 0 at step 0, `learning_rate` at the
-  end of the warmup and `lr_end` (default 0) at `total_steps`
-  (linear/cosine).
+  end of the warmup and `lr_end * learning_rate` at `total_steps`
+  (linear/cosine). `lr_end` is relative, a fraction of `learning_rate`
+  (default 0), as big_vision's `linear_end`: its schedule is a multiplier of
+  the base rate, so `linear_end=1e-5` at lr 1e-3 ends at 1e-8. Values equal
+  big_vision's `create_learning_rate_schedule` times `learning_rate`.
   """
   base = float(config.learning_rate)
   if config.lr_schedule not in SCHEDULES:
@@ -113,16 +116,19 @@ def learning_rate_schedule(config, total_steps: int,
                      f'got {config.lr_schedule!r}')
   if not base > 0 or not math.isfinite(base):
     raise ValueError(f'learning_rate must be a finite number > 0, got {base}')
-  end = float(config.get('lr_end', 0.0) or 0.0)
-  if not 0 <= end < base:
-    raise ValueError(f'lr_end must be >= 0 and below learning_rate ({base}), '
-                     f'got {end}')
+  end_fraction = float(config.get('lr_end', 0.0) or 0.0)
+  if not 0 <= end_fraction < 1:
+    raise ValueError(f'lr_end is the end of the decay as a fraction of '
+                     f'learning_rate (big_vision\'s linear_end), in [0, 1); '
+                     f'got {end_fraction:g}')
+  end = base * end_fraction
   warmup, _ = resolve_warmup(config, total_steps, steps_per_epoch)
   decay_steps = max(total_steps - warmup, 1)
   if config.lr_schedule == 'linear':
     decay = optax.linear_schedule(base, end, decay_steps)
   elif config.lr_schedule == 'cosine':
-    decay = optax.cosine_decay_schedule(base, decay_steps, alpha=end / base)
+    decay = optax.cosine_decay_schedule(base, decay_steps,
+                                        alpha=end_fraction)
   else:
     decay = optax.constant_schedule(base)
   if warmup == 0:

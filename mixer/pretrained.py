@@ -58,6 +58,8 @@ def load_npz(path: str) -> Dict[str, Any]:
   kernel`, `pre_head_layer_norm/scale`, `head/bias`, ...). Those are exactly
   this project's module names, so the result is `MlpMixer(...).init(...)
   ['params']` of the matching model: pass it as `{'params': load_npz(p)}`.
+  Files in the older layout (`Mixer/encoderblock_<i>/...`) are converted as
+  big_vision converts them (`_from_legacy`).
 
   Raises:
     ValueError: naming `path` if it is missing, not an `.npz` archive, or
@@ -77,7 +79,47 @@ def load_npz(path: str) -> Dict[str, Any]:
     if b.startswith(a + '/'):
       raise ValueError(f'checkpoint {path} is not a parameter tree: {a!r} is '
                        f'both an array and a prefix of {b!r}')
-  return _renumber_pre_linen(unflatten_params(flat))
+  return _from_legacy(_renumber_pre_linen(unflatten_params(flat)))
+
+
+def _from_legacy(tree: Dict[str, Any]) -> Dict[str, Any]:
+  """The older official layout in this model's names, as big_vision's
+  `mlp_mixer.load` converts it; other trees are returned as they are.
+
+  Older files (some of gs://mixer_models/, e.g. the SAM/GSAM-trained ones)
+  may wrap the params in `params/` or `opt/target/` (a training state) and
+  name them `embedding` (the stem), `Mixer/encoderblock_<i>/` with
+  `token_mixing_phase_0/` and `channel_mixing_phase_0/` holding `kernel1`,
+  `bias1`, `kernel2`, `bias2` (squeezed of unit axes), and
+  `Mixer/encoder_norm` (the pre-head LayerNorm).
+  """
+  if 'params' in tree and isinstance(tree['params'], dict):
+    tree = tree['params']
+  elif isinstance(tree.get('opt'), dict) and 'target' in tree['opt']:
+    tree = tree['opt']['target']
+  if 'Mixer' not in tree:
+    return tree
+  tree = dict(tree)
+  mixer = dict(tree.pop('Mixer'))
+
+  def mlp(d):
+    return {f'Dense_{i}': {'kernel': np.squeeze(d[f'kernel{i + 1}']),
+                           'bias': np.squeeze(d[f'bias{i + 1}'])}
+            for i in (0, 1)}
+
+  if 'encoder_norm' in mixer:
+    tree['pre_head_layer_norm'] = mixer.pop('encoder_norm')
+  if 'embedding' in tree:
+    tree['stem'] = tree.pop('embedding')
+  for key, block in mixer.items():
+    if not key.startswith('encoderblock_'):
+      raise ValueError(f'unexpected Mixer/{key} in an older-layout Mixer '
+                       'checkpoint (expected Mixer/encoderblock_<i>)')
+    block = dict(block)
+    block['token_mixing'] = mlp(block.pop('token_mixing_phase_0'))
+    block['channel_mixing'] = mlp(block.pop('channel_mixing_phase_0'))
+    tree['MixerBlock_' + key[len('encoderblock_'):]] = block
+  return tree
 
 
 def _renumber_pre_linen(tree: Any) -> Any:

@@ -108,8 +108,10 @@ def _total_steps(config: Optional[Dict[str, Any]],
     return int(config['num_train_steps'])
   for rec in reversed(records):
     if rec.get('epoch'):
-      steps_per_epoch = round(rec['step'] / rec['epoch'])
-      return int(config.get('num_epochs', 0) * steps_per_epoch) or None
+      # Whole batches per epoch (in memory) or N / B (streamed): either
+      # way the planned steps are num_epochs times the logged rate.
+      return int(round(config.get('num_epochs', 0) * rec['step'] /
+                       rec['epoch'])) or None
   return None
 
 

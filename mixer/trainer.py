@@ -22,6 +22,11 @@ from mixer.metrics import amount
 from mixer import workdir as workdir_lib
 
 
+def _to_steps(x: float) -> int:
+  """big_vision's `u.steps` rounding: nearest step, at least 1 unless 0."""
+  return max(1, int(round(x))) if x else 0
+
+
 class Trainer:
   """Builds everything a run needs from the config; no I/O in __init__."""
 
@@ -52,14 +57,33 @@ class Trainer:
     if config.eval_batch_size <= 0 or config.eval_batch_size % eval_per:
       raise ValueError(f'eval_batch_size {config.eval_batch_size} must be a '
                        f'positive multiple of {eval_per} (devices x processes)')
-    self.steps_per_epoch = self.info.num_train // self.batch_size
-    if self.steps_per_epoch == 0:
+    # Arrays in host memory at the model's resolution go straight to the
+    # step; anything else (ImageNet-scale data, Inception crops, resizing
+    # CIFAR to 224 for fine-tuning) streams through tf.data.
+    shape = models.input_shape(config)
+    if self.info.image_shape[2] != shape[2]:
+      raise ValueError(
+          f'config.channels is {shape[2]} but {config.dataset!r} images have '
+          f'{self.info.image_shape[2]} channel(s)')
+    same_size = tuple(self.info.image_shape[:2]) == shape[:2]
+    self.stream_train = not (self.info.in_memory and same_size
+                             and config.augment.crop != 'inception')
+    self.stream_eval = not (self.info.in_memory and same_size) or (
+        not self.info.fixed_size and config.augment.eval_crop == 'center')
+    n = self.info.num_train
+    if n // self.batch_size == 0:
       raise ValueError(f'batch_size {self.batch_size} is larger than the '
-                       f'training set ({self.info.num_train} examples)')
-    if config.num_train_steps > 0:
-      self.total_steps = int(config.num_train_steps)
-    else:
-      self.total_steps = int(config.num_epochs * self.steps_per_epoch)
+                       f'training set ({n} examples)')
+    # The run's length from its epochs follows its data order. Streamed
+    # (tf.data: ImageNet, Inception crops, resizing), batches run on across
+    # epoch boundaries as big_vision's do, and the count is big_vision's,
+    # round(epochs * N / B). In memory, each epoch is its own permutation
+    # and its last partial batch is dropped: epochs * floor(N / B) steps.
+    self.steps_per_epoch = (n / self.batch_size if self.stream_train
+                            else n // self.batch_size)
+    self.total_steps = (int(config.num_train_steps)
+                        if config.num_train_steps > 0
+                        else self.epoch_steps(config.num_epochs))
     if self.total_steps <= 0:
       raise ValueError('num_train_steps or num_epochs must be > 0')
     spe = self.steps_per_epoch
@@ -74,21 +98,9 @@ class Trainer:
     self.p_train_indexed = jax.pmap(
         step_lib.make_indexed_step(step_lib.make_multi_step(step)),
         axis_name='batch', donate_argnums=(0,))
-    self.eval_every = (self.steps_per_epoch if config.eval_every_steps < 0
+    self.eval_every = (max(1, round(self.steps_per_epoch))
+                       if config.eval_every_steps < 0
                        else int(config.eval_every_steps))
-    # Arrays in host memory at the model's resolution go straight to the
-    # step; anything else (ImageNet-scale data, Inception crops, resizing
-    # CIFAR to 224 for fine-tuning) streams through tf.data.
-    shape = models.input_shape(config)
-    if self.info.image_shape[2] != shape[2]:
-      raise ValueError(
-          f'config.channels is {shape[2]} but {config.dataset!r} images have '
-          f'{self.info.image_shape[2]} channel(s)')
-    same_size = tuple(self.info.image_shape[:2]) == shape[:2]
-    self.stream_train = not (self.info.in_memory and same_size
-                             and config.augment.crop != 'inception')
-    self.stream_eval = not (self.info.in_memory and same_size) or (
-        not self.info.fixed_size and config.augment.eval_crop == 'center')
     self.resized = not same_size
     if config.input_pipeline == 'device' and self.stream_train:
       raise ValueError(
@@ -100,28 +112,47 @@ class Trainer:
                                               self.info.num_classes,
                                               stream=self.stream_eval,
                                               num_examples=self.info.num_eval)
-    self.minival = None
-    if config.get('minival_split'):
-      minival_config = config.copy_and_resolve_references()
-      with minival_config.unlocked():
-        minival_config.eval_split = config.minival_split
-      self.minival = classification.Evaluator(
-          minival_config, self.model, self.info.num_classes,
-          stream=self.stream_eval)
+    # minival and config.extra_evals, each checked to exist now.
+    self.extra_evals = classification.extra_evaluators(
+        config, self.model, self.info.num_classes, stream=self.stream_eval)
     fs = fewshot.fewshot_config(config)
     self.fewshot_every = int(fs.every_steps)
     self.fewshot = (fewshot.FewShotEvaluator(config, self.model)
                     if self.fewshot_every > 0 else None)
 
+  def epoch_steps(self, epochs: float) -> int:
+    """Steps of `epochs` epochs: round(epochs * N / B) streamed (big_vision's
+    count), epochs * floor(N / B) in memory (whole batches per epoch)."""
+    if self.stream_train:
+      return _to_steps(epochs * self.steps_per_epoch)
+    return int(epochs * self.steps_per_epoch)
+
+  def _size(self) -> str:
+    """The run-size phrase: how the step count was obtained."""
+    c, n, b = self.config, self.info.num_train, self.batch_size
+    total, name = self.total_steps, self.info.name
+    images = f'{total * b:,} images'
+    if c.num_train_steps > 0:
+      return (f'{amount(total, "step")} = '
+              f'{amount(total / self.steps_per_epoch, "epoch", ".4g")} '
+              f'of {n:,} {name} training images ({images}) at global batch '
+              f'{b:,}')
+    if self.stream_train:
+      return (f'{amount(total, "step")} = round('
+              f'{amount(c.num_epochs, "epoch", "g")} x {n:,} '
+              f'{name} training images / global batch {b:,}), big_vision\'s '
+              f'count: streamed batches run on across epoch boundaries '
+              f'({images})')
+    return (f'{amount(total, "step")} = {amount(c.num_epochs, "epoch", "g")} x '
+            f'{self.steps_per_epoch:,} full batches of {b:,} from {n:,} {name} '
+            f'training images (in memory: each epoch a new order, its last '
+            f'{n % b:,} left out; {images})')
+
   def describe(self) -> List[str]:
     """What the run will do, in a few log lines (its size first)."""
     c, info = self.config, self.info
-    images = self.total_steps * self.batch_size
     lines = [
-        f'Run: {amount(self.total_steps, "step")} = '
-        f'{amount(self.total_steps / self.steps_per_epoch, "epoch", ".4g")} of '
-        f'{info.num_train:,} {info.name} training images ({images:,} images) '
-        f'at global batch {self.batch_size:,}; '
+        f'Run: {self._size()}; '
         + (f'evaluates {info.num_eval:,} images every {self.eval_every:,} '
            'steps and at the end' if self.eval_every else
            f'evaluates {info.num_eval:,} images at the end')
@@ -132,19 +163,21 @@ class Trainer:
            if c.get('checkpoint_every_minutes', 0) > 1 else
            f' and every {c.checkpoint_every_minutes:g} minutes'
            if c.get('checkpoint_every_minutes', 0) > 0 else '')
-        + (f'; minival {c.minival_split!r} evaluated beside '
-           f'{c.eval_split!r}' if self.minival else '')
+        + (f'; beside {c.eval_split!r}: '
+           + ', '.join(f'{name} {e.config.dataset}:{e.config.eval_split}'
+                       for name, e in self.extra_evals)
+           if self.extra_evals else '')
         + (f'; few-shot evaluation every {self.fewshot_every:,} steps'
            if self.fewshot else ''),
         f'Learning rate: {c.learning_rate:g}, linear warmup over '
         f'{amount(self.warmup_steps, "step")} ({self.warmup_source}), then '
-        f'{c.lr_schedule} to {c.get("lr_end", 0.0):g} at step '
-        f'{self.total_steps:,}']
+        f'{c.lr_schedule} to {c.learning_rate * c.get("lr_end", 0.0):g} at '
+        f'step {self.total_steps:,}']
     if c.num_train_steps > 0 and c.get('warmup_percent', -1) >= 0 and \
         c.get('warmup_steps', -1) < 0 and c.get('warmup_epochs', -1) < 0:
       # A recipe given in steps (num_epochs 0: fine-tuning) has no other
       # length to quote; its Learning rate line says the share.
-      full = int(c.num_epochs * self.steps_per_epoch)
+      full = self.epoch_steps(c.num_epochs)
       if full > 0 and full != self.total_steps:
         was, _ = optim.resolve_warmup(c, full, self.steps_per_epoch)
         lines.append(

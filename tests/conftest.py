@@ -73,11 +73,12 @@ def tiny_config(name: str = 'cifar10_baseline', **overrides):
 @pytest.fixture(scope='session')
 def imagenet_standin(tmp_path_factory) -> str:
   """A TFDS data dir with stand-in `imagenet2012` (64 train, 24 validation
-  images) and `imagenet21k` (48 images), written by tfds's own builders
-  from generated JPEGs (benchmarks/input_pipeline.py); built once per test
-  process."""
+  images), `imagenet21k` (48 images), `imagenet_v2` and `imagenet2012_real`
+  (12 each), written by tfds's own builders from generated JPEGs
+  (benchmarks/input_pipeline.py); built once per test process."""
   from benchmarks import input_pipeline as standin  # pylint: disable=g-import-not-at-top
   root = str(tmp_path_factory.mktemp('tensorflow_datasets'))
   standin.write_imagenet2012_standin(root, num_train=64, num_val=24)
   standin.write_imagenet21k_standin(root, num=48)
+  standin.write_imagenet_eval_standins(root, num=12)
   return root

@@ -102,6 +102,8 @@ def _shrunk(name, standin_dir):
     }[config.dataset]
     if config.dataset == 'imagenet21k':
       config.train_split = 'full[16:]'
+      if 'train25k' in config.extra_evals:  # full[51200:76800], shrunk.
+        config.extra_evals.train25k = ('', 'full[16:24]')
   else:
     config.eval_split = 'test[:8]'
   config.fewshot.every_steps = 0  # big_vision's datasets need downloads.

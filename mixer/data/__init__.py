@@ -103,6 +103,7 @@ from mixer.data.base import KNOWN_CLASS_NAMES
 from mixer.data.batches import epoch_permutation
 from mixer.data.batches import eval_batches
 from mixer.data.batches import train_batches
+from mixer.data.dataset import check_eval_split
 from mixer.data.dataset import clear_cache
 from mixer.data.dataset import dataset_info
 from mixer.data.dataset import load_split
@@ -116,7 +117,7 @@ from mixer.data.stream import tfds_train_dataset
 
 __all__ = [
     'CENTER_CROP_FRACTION', 'DataError', 'DatasetInfo', 'DatasetUnavailable',
-    'ENV_DATA_DIR',
+    'ENV_DATA_DIR', 'check_eval_split',
     'KNOWN_CLASS_NAMES', 'MANUAL_DATASETS', 'clear_cache', 'dataset_info',
     'epoch_permutation', 'eval_batches', 'load_split', 'local_dir',
     'steps_per_epoch', 'tfds_data_dir', 'tfds_eval_dataset',

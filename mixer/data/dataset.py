@@ -5,7 +5,7 @@ Owns the choice between a local folder (`mixer.data.local`) and tfds
 TensorFlow itself.
 """
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -16,9 +16,11 @@ from mixer.data.base import DataError
 from mixer.data.base import DatasetInfo
 from mixer.data.base import KNOWN_CLASS_NAMES
 from mixer.data.base import dataset_name
+from mixer.data.base import describe
 
 
-def load_split(config, split: str) -> Tuple[np.ndarray, np.ndarray]:
+def load_split(config, split: str, resize: str = 'antialias'
+               ) -> Tuple[np.ndarray, np.ndarray]:
   """A whole split in host memory: (images uint8 [N,H,W,C], labels int32 [N]).
 
   `split` follows tfds syntax ('train', 'test', 'train[:90%]',
@@ -27,7 +29,8 @@ def load_split(config, split: str) -> Tuple[np.ndarray, np.ndarray]:
   read-only (slices are views), so train and eval never read a file twice.
   Variable-size images -- tfds datasets such as Pets and Flowers, and image
   folders whose images differ in size -- are resized to `config.image_size`;
-  everything else keeps its stored pixels.
+  everything else keeps its stored pixels. `resize`: how tfds's are resized,
+  'antialias' or big_vision's 'bilinear' (`mixer.data.tfds.load`).
 
   Raises:
     DataError: missing, corrupt or misshaped data, or tfds failing (e.g. no
@@ -36,7 +39,7 @@ def load_split(config, split: str) -> Tuple[np.ndarray, np.ndarray]:
   folder = locate.local_dir(config)
   if folder is not None:
     return local.load(config, folder, split)
-  return tfds_source.load(config, split)
+  return tfds_source.load(config, split, resize)
 
 
 def clear_cache() -> None:
@@ -85,3 +88,63 @@ def steps_per_epoch(config) -> int:
   """Full global batches per epoch (the remainder of each epoch is dropped)."""
   return dataset_info(config).num_train // int(config.batch_size)
 
+
+
+def check_eval_split(config, split: str, label_key: str = 'label',
+                     num_classes: Optional[int] = None, *,
+                     purpose: str = 'evaluation',
+                     tfds_dir: Optional[str] = None) -> int:
+  """Examples in `split` of `config.dataset`, checked before a run trains.
+
+  For an evaluation on another split or dataset than the run's (big_vision's
+  train[:2%], ImageNet-V2, ImageNet ReaL): the dataset must be there (a
+  local folder, or tfds files already prepared -- an evaluation never
+  downloads), hold `split` and the feature `label_key`, with `num_classes`
+  classes. `tfds_dir`: read it with tfds from that TFDS data dir (the one
+  the run's own dataset is in) rather than where `config` points. Returns
+  the split's size.
+
+  Raises:
+    DataError: one line naming `purpose`, the dataset and what to do.
+  """
+  name = str(config.dataset)
+  folder = None if tfds_dir else locate.local_dir(config)
+  if folder is not None:
+    if label_key != 'label':
+      raise DataError(f'{purpose} needs the feature {label_key!r} of '
+                      f'{name!r}, but {folder} holds local arrays with one '
+                      'label per image; point it at the tfds dataset')
+    return len(load_split(config, split)[1])
+  tfds = tfds_source.import_tfds()
+  data_dir = tfds_dir or locate.tfds_data_dir(config)
+  where = data_dir or tfds_source._default_tfds_data_dir()  # pylint: disable=protected-access
+  try:
+    info = tfds.builder(name, data_dir=data_dir).info
+    prepared = bool(info.splits)
+  except Exception as e:  # pylint: disable=broad-except
+    raise tfds_source.tfds_error(name, split, e, data_dir) from e
+  base = dataset_name(config)
+  if not prepared:
+    how = (locate.MANUAL_DATASETS[base].format(data_dir=where)
+           if base in locate.MANUAL_DATASETS else
+           'prepare it once with `python -c "import tensorflow_datasets as '
+           f"tfds; tfds.builder('{name}', data_dir='{where}')"
+           '.download_and_prepare()"` (docs/imagenet.md)')
+    raise DataError(f'{purpose} reads {name!r} split {split!r}, which is not '
+                    f'prepared in the TFDS data dir {where}: {how}')
+  try:
+    size = int(info.splits[split].num_examples)
+  except (KeyError, ValueError) as e:
+    raise DataError(f'{purpose}: {name!r} has no split {split!r} '
+                    f'({describe(e)})') from e
+  if size == 0:
+    raise DataError(f'{purpose}: {name!r} split {split!r} is empty')
+  if label_key not in info.features:
+    raise DataError(f'{purpose}: {name!r} has no feature {label_key!r} (it '
+                    f'has {", ".join(info.features.keys())})')
+  feature = info.features[label_key]
+  classes = getattr(getattr(feature, 'feature', feature), 'num_classes', None)
+  if num_classes and classes and classes != num_classes:
+    raise DataError(f'{purpose}: {name!r} {label_key!r} has {classes} '
+                    f'classes, the model {num_classes}')
+  return size

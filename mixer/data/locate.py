@@ -25,6 +25,13 @@ MANUAL_DATASETS = {
         ' tfds.builder(\'imagenet2012\', data_dir=\'{data_dir}\')'
         '.download_and_prepare()"`, then set config.data_dir={data_dir} '
         '(docs/imagenet.md)'),
+    'imagenet2012_real': (
+        'ImageNet ReaL is the ImageNet validation set with the ReaL labels: '
+        'put ILSVRC2012_img_val.tar in {data_dir}/downloads/manual/ and '
+        'prepare it once (it fetches the labels from GitHub) with `python -c '
+        '"import tensorflow_datasets as tfds; tfds.builder('
+        '\'imagenet2012_real\', data_dir=\'{data_dir}\').download_and_prepare()"`'
+        ' (docs/imagenet.md)'),
     'imagenet21k': (
         'ImageNet-21k is not in the public TFDS catalogue: download it from '
         'image-net.org, prepare it as a TFDS dataset named imagenet21k (image, '

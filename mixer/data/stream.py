@@ -118,17 +118,23 @@ def _to_uint8(image):
   return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
+# big_vision's decode_jpeg_and_inception_crop defaults: area 5-100 %
+# (config.augment.inception_area_min), aspect ratio 0.75-1.33 (not 4/3).
+INCEPTION_RATIO_RANGE = (0.75, 1.33)
+
+
 def _inception_crop(source: _Source, image, seed, hw: Tuple[int, int],
                     area_min: float):
-  """Random-resized crop (GoogLeNet / vit_jax / big_vision style) to `hw`.
+  """big_vision's `decode_jpeg_and_inception_crop(size)`, pixel for pixel.
 
   A box covering a fraction [area_min, 1] of the image with aspect ratio in
-  [3/4, 4/3] is drawn with stateless randomness from `seed` (so the crop of
-  an example depends only on the seed and its position in the stream), with
-  tf's default 100 attempts before falling back to the whole image, as
-  big_vision's `decode_jpeg_and_inception_crop` and vit_jax; then resized
-  bilinearly (no antialiasing) and rounded to uint8. JPEGs decode only the
-  cropped window.
+  [0.75, 1.33] is drawn by tf's sampler (100 attempts, then the whole image)
+  with stateless randomness from `seed`, so that the crop of an example
+  depends only on the seed and its position in the stream (big_vision's
+  stateful sampler draws from the same distribution); JPEGs decode only the
+  box; the crop is resized bilinearly (no antialiasing) and truncated to
+  uint8 as big_vision's `resize` does. tests/test_big_vision.py checks the
+  output against big_vision's op given the same box.
   """
   tf = _import_tf()
   if source.encoded and source.jpeg:
@@ -140,8 +146,8 @@ def _inception_crop(source: _Source, image, seed, hw: Tuple[int, int],
     shape = tf.shape(image)
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
       shape, tf.zeros([0, 0, 4], tf.float32), seed=seed,
-      area_range=(area_min, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
-      min_object_covered=0.0, max_attempts=100,
+      area_range=(area_min, 1.0), aspect_ratio_range=INCEPTION_RATIO_RANGE,
+      min_object_covered=0, max_attempts=100,
       use_image_if_no_bounding_boxes=True)
   if source.encoded and source.jpeg:
     window = tf.stack([begin[0], begin[1], size[0], size[1]])
@@ -149,7 +155,8 @@ def _inception_crop(source: _Source, image, seed, hw: Tuple[int, int],
                                           channels=source.channels)
   else:
     image = tf.slice(image, begin, size)
-  return _to_uint8(tf.image.resize(image, hw))
+  image = tf.image.resize(image, hw, method='bilinear', antialias=False)
+  return tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8)
 
 
 def _decode(source: _Source, image):
@@ -202,8 +209,8 @@ def tfds_train_dataset(config, *, start_step: int = 0, process_index: int = 0,
 
   * `augment.crop == 'inception'`: a random-resized crop (area fraction in
     [augment.inception_area_min (default 0.05, vit_jax's value), 1], aspect
-    ratio in [3/4, 4/3]) resized to image_size -- the paper's pre-training
-    and fine-tuning crop;
+    ratio in [0.75, 1.33]) resized to image_size -- the paper's pre-training
+    and fine-tuning crop, as big_vision's `decode_jpeg_and_inception_crop`;
   * otherwise: the whole image resized to image_size ('pad' crop then runs on
     device as usual).
 
@@ -256,7 +263,8 @@ def tfds_train_dataset(config, *, start_step: int = 0, process_index: int = 0,
 
 
 def tfds_eval_dataset(config, *, process_index: int = 0,
-                      process_count: int = 1
+                      process_count: int = 1, label_key: str = 'label',
+                      num_classes: Optional[int] = None
                      ) -> Iterator[Dict[str, np.ndarray]]:
   """One tf.data pass over every eval example, padded like `eval_batches`.
 
@@ -268,6 +276,10 @@ def tfds_eval_dataset(config, *, process_index: int = 0,
   even share of the split and pads it to the same number of batches, so
   every process yields ceil(ceil(N / P) / B_local) batches and each example
   is seen exactly once over all processes.
+
+  'label' is the tfds feature `label_key`: int32 [B_local], or, for a
+  sequence of labels (ImageNet ReaL's 'real_label'), multi-hot float32
+  [B_local, num_classes] (all zeros for an image with no label).
   """
   tf = _import_tf()
   b_local = local_batch_size(config.eval_batch_size, 'eval_batch_size',
@@ -280,17 +292,29 @@ def tfds_eval_dataset(config, *, process_index: int = 0,
   eval_crop = augment.get('eval_crop', 'center')
   n_max = -(-source.num_examples // process_count)
   num_batches = -(-n_max // b_local)
+  multi = source.ds.element_spec[label_key].shape.rank == 1
+  if multi and not num_classes:
+    raise ValueError(f'{label_key!r} holds several labels per image: pass '
+                     'num_classes for its multi-hot encoding')
+
+  def label(ex):
+    if multi:
+      # Summed, not maxed: the max of no labels would be -inf.
+      return tf.minimum(tf.reduce_sum(
+          tf.one_hot(ex[label_key], num_classes), axis=0), 1.0)
+    return tf.cast(ex[label_key], tf.int32)
 
   def preprocess(ex):
     image = _decode(source, ex['image'])
     image = (_resize(image, hw) if eval_crop == 'resize'
              else _resize_center_crop(image, hw))
-    return {'image': image, 'label': tf.cast(ex['label'], tf.int32),
+    return {'image': image, 'label': label(ex),
             'mask': tf.constant(1.0, tf.float32)}
 
   pad = tf.data.Dataset.from_tensors({
       'image': tf.zeros(hw + (source.channels,), tf.uint8),
-      'label': tf.constant(0, tf.int32),
+      'label': (tf.zeros([num_classes], tf.float32) if multi
+                else tf.constant(0, tf.int32)),
       'mask': tf.constant(0.0, tf.float32)}).repeat()
   ds = source.ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.concatenate(pad).batch(b_local).take(num_batches)

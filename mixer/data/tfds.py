@@ -170,10 +170,16 @@ def _check_network(builder, name: str, split: Optional[str],
       'run once where the network is reachable')
 
 
-def load(config, split: str) -> Tuple[np.ndarray, np.ndarray]:
-  """`split` of `config.dataset` through tfds, whole, in host memory."""
+def load(config, split: str, resize: str = 'antialias'
+         ) -> Tuple[np.ndarray, np.ndarray]:
+  """`split` of `config.dataset` through tfds, whole, in host memory.
+
+  Images of varying sizes are resized to `config.image_size`: 'antialias'
+  (rounded to uint8), or 'bilinear', big_vision's `resize` (no antialiasing,
+  truncated), which its few-shot evaluator applies.
+  """
   return _load_cached(str(config.dataset), str(split), image_hw(config),
-                      locate.tfds_data_dir(config))
+                      locate.tfds_data_dir(config), resize)
 
 
 def clear_cache() -> None:
@@ -182,7 +188,7 @@ def clear_cache() -> None:
 
 @functools.lru_cache(maxsize=8)
 def _load_cached(name: str, split: str, hw: Tuple[int, int],
-                 data_dir: Optional[str] = None):
+                 data_dir: Optional[str] = None, resize: str = 'antialias'):
   tfds = import_tfds()
   logging.info('Loading %s split %r with tfds (downloads and prepares it '
                'first if needed).', name, split)
@@ -207,7 +213,10 @@ def _load_cached(name: str, split: str, hw: Tuple[int, int],
 
   def pick(ex):
     image = ex['image']
-    if not fixed:  # Variable-size images: resize to the model resolution.
+    if not fixed and resize == 'bilinear':  # big_vision's `resize`.
+      image = tf.cast(tf.clip_by_value(tf.image.resize(
+          image, hw, method='bilinear', antialias=False), 0, 255), tf.uint8)
+    elif not fixed:  # Variable-size images: resize to the model resolution.
       image = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(
           image, hw, antialias=True)), 0, 255), tf.uint8)
     return image, ex['label']
