@@ -16,22 +16,26 @@ import numpy as np
 
 from mixer import augment
 from mixer import data
+from mixer import input_permutation
 from mixer import losses
 from mixer import models
 
 
 def make_eval_step(model: models.MlpMixer, num_classes: int,
-                   loss: str = 'softmax') -> Callable:
+                   loss: str = 'softmax',
+                   permute: Callable = lambda x: x) -> Callable:
   """`eval(params, batch) -> sums` of loss, correct and count over 'batch'.
 
   The loss is the run's training loss (`config.loss`) on one-hot labels,
-  as big_vision's classification evaluator computes it.
+  as big_vision's classification evaluator computes it. `permute` is the
+  run's input permutation (`mixer.input_permutation`), applied to the
+  normalised images before the model.
   """
   loss_fn = losses.per_example(loss)
 
   def eval_step(params, images, labels, mask):
-    logits = model.apply({'params': params}, augment.normalize(images),
-                         train=False)
+    logits = model.apply({'params': params},
+                         permute(augment.normalize(images)), train=False)
     per_example = loss_fn(logits, jax.nn.one_hot(labels, num_classes))
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     return jax.lax.psum({'loss': jnp.sum(per_example * mask),
@@ -67,7 +71,8 @@ class Evaluator:
     self.process_index = jax.process_index()
     self.process_count = jax.process_count()
     self.p_eval = jax.pmap(
-        make_eval_step(model, num_classes, config.get('loss', 'softmax')),
+        make_eval_step(model, num_classes, config.get('loss', 'softmax'),
+                       input_permutation.from_config(config)),
         axis_name='batch')
 
   def evaluate(self, params) -> Dict[str, float]:

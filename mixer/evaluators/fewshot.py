@@ -11,7 +11,8 @@ that evaluator:
    at 32x32 under a 224 model), resized with a plain bilinear resize
    (`jax.image.resize(..., 'bilinear', antialias=False)`, the kernel of
    `tf.image.resize(method='bilinear')`), never cropped and not rounded back
-   to uint8.
+   to uint8; then permuted by the run's fixed input permutation, if it has
+   one (`config.input_permutation`, mixer/input_permutation.py).
 2. Shots: for seed s, a numpy Generator `np.random.default_rng(s)` draws one
    permutation of each class's training indices, class 0 first; the N-shot
    training set is the first N indices of every class (`sample_shots`), so
@@ -53,6 +54,7 @@ import numpy as np
 from configs import common
 from mixer import augment
 from mixer import data
+from mixer import input_permutation
 from mixer import models
 from mixer import params as params_lib
 
@@ -99,11 +101,12 @@ def fewshot_config(config) -> ml_collections.ConfigDict:
 _FEATURE_FNS = {}
 
 
-def _feature_fn(model: models.MlpMixer, image_size: Optional[Tuple[int, int]]):
+def _feature_fn(model: models.MlpMixer, image_size: Optional[Tuple[int, int]],
+                permute: Optional[input_permutation.InputPermutation] = None):
   """The jitted `(params, uint8 images) -> float32 pre-logits`, one per
-  (model, image_size): params are an argument, so new params never
-  recompile."""
-  key = (model, image_size)
+  (model, image_size, permutation): params are an argument, so new params
+  never recompile."""
+  key = (model, image_size, permute)
   if key not in _FEATURE_FNS:
 
     def features(params, images):
@@ -112,6 +115,8 @@ def _feature_fn(model: models.MlpMixer, image_size: Optional[Tuple[int, int]]):
         x = jax.image.resize(
             x, (x.shape[0],) + tuple(image_size) + (x.shape[3],),
             method='bilinear', antialias=False)
+      if permute is not None:  # The run's input permutation, as in training.
+        x = permute(x)
       out = model.apply({'params': params}, x, train=False)
       return out.astype(jnp.float32)
 
@@ -126,8 +131,9 @@ def headless(model: models.MlpMixer) -> models.MlpMixer:
 
 def extract_features(model: models.MlpMixer, params: Any,
                      images_uint8: np.ndarray, batch_size: int,
-                     image_size: Optional[Sequence[int]] = None
-                     ) -> np.ndarray:
+                     image_size: Optional[Sequence[int]] = None,
+                     permute: Optional[input_permutation.InputPermutation]
+                     = None) -> np.ndarray:
   """Pre-logits of the frozen model: float32 [N, hidden_dim] on the host.
 
   Args:
@@ -140,6 +146,8 @@ def extract_features(model: models.MlpMixer, params: Any,
       (model, input shape).
     image_size: (h, w) of the model's input; images of another size are
       resized to it (bilinear, no antialiasing). None: used as stored.
+    permute: the run's input permutation (`mixer.input_permutation`),
+      applied to the model-sized images; None: none.
   """
   images = np.asarray(images_uint8)
   if images.ndim == 3:
@@ -150,7 +158,7 @@ def extract_features(model: models.MlpMixer, params: Any,
   if batch_size <= 0:
     raise ValueError(f'fewshot.batch_size must be positive, got {batch_size}')
   size = None if image_size is None else tuple(int(s) for s in image_size)
-  fn = _feature_fn(headless(model), size)
+  fn = _feature_fn(headless(model), size, permute)
   n = images.shape[0]
   if n == 0:
     dim = model.hidden_dim
@@ -336,6 +344,7 @@ class FewShotEvaluator:
     self.model = headless(model)
     self.input_shape = models.input_shape(config)
     self.model.check(self.input_shape)
+    self.permute = input_permutation.from_config(config)
     self.expected = jax.eval_shape(
         lambda: self.model.init(jax.random.PRNGKey(0),
                                 jnp.zeros((1,) + self.input_shape),
@@ -417,7 +426,8 @@ class FewShotEvaluator:
 
   def _features(self, params, images):
     return extract_features(self.model, params, images,
-                            int(self.fs.batch_size), self.input_shape[:2])
+                            int(self.fs.batch_size), self.input_shape[:2],
+                            self.permute)
 
   def evaluate_dataset(self, params, name: str) -> Dict[int, float]:
     """{shots: accuracy averaged over the seeds} on one dataset."""
