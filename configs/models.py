@@ -169,6 +169,10 @@ def bit_resnet(*, depth, width, root='imagenet', num_groups=32,
   m.num_groups = num_groups
   m.dtype = 'float32'
   m.head_bias_init = 0.0
+  # 'auto': matmuls over shifted views on a CPU (XLA's convolution weight
+  # gradients inside the train step's loops are ~50x slower there), XLA's
+  # convolution elsewhere; the same function (mixer/resnet.py).
+  m.conv_impl = 'auto'
   for key, value in extensions.items():
     if key not in m:
       raise KeyError(f'unknown model field {key!r}')
@@ -192,6 +196,7 @@ def cifar_resnet(**extensions):
   and 4 pixels, widths 16..128, outputs 64..512), GroupNorm with 8 groups
   (BiT's 2 channels per group at the first stage's width). 507,674 params
   with a 10-class head, next to the CPU Mixer's 569,994."""
-  extensions.setdefault('num_groups', 8)
-  return bit_resnet(depth=(1, 1, 1, 1), width=16, root='cifar',
-                    num_classes=10, name='BiT-R14-w16-cifar', **extensions)
+  fields = dict(depth=(1, 1, 1, 1), width=16, root='cifar', num_groups=8,
+                num_classes=10, name='BiT-R14-w16-cifar')
+  fields.update(extensions)
+  return bit_resnet(**fields)

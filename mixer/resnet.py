@@ -23,12 +23,15 @@ stage{i}_unit{j}/{conv1,conv2,conv3,conv_proj}/kernel (i, j from 1),
 pre_head_norm/{scale,bias}, head/{kernel,bias}.
 """
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
+import jax
+from jax import lax
 import jax.numpy as jnp
 
 ROOTS = ('imagenet', 'cifar')
+CONV_IMPLS = ('auto', 'xla', 'matmul')
 
 
 def standardize(w, axis, eps: float = 1e-10):
@@ -37,14 +40,67 @@ def standardize(w, axis, eps: float = 1e-10):
   return w / jnp.sqrt(jnp.mean(jnp.square(w), axis=axis, keepdims=True) + eps)
 
 
-class StdConv(nn.Conv):
-  """A convolution whose kernel is standardised per output channel."""
+def _padding(size: int, kernel: int, stride: int,
+             padding: Union[str, int]) -> Tuple[int, int]:
+  """(low, high) padding of one spatial axis: 'SAME' as XLA computes it, or
+  `padding` pixels on both sides."""
+  if padding != 'SAME':
+    return int(padding), int(padding)
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
 
-  def param(self, name, *args, **kwargs):
-    param = super().param(name, *args, **kwargs)
-    if name == 'kernel':
-      param = standardize(param, axis=(0, 1, 2))
-    return param
+
+def conv2d(x, kernel, stride: int, padding: Union[str, int], impl: str):
+  """NHWC x HWIO convolution, no bias.
+
+  impl 'xla' is `lax.conv_general_dilated`; 'matmul' gathers the k x k
+  shifted (strided) views of the padded input side by side and multiplies
+  them with the kernel reshaped to [k * k * C_in, C_out], the same sums.
+  'auto' is 'matmul' on a CPU, where XLA computes a convolution's weight
+  gradient inside a loop (the train step's `lax.scan`s) some 50x slower
+  than outside one, and 'xla' elsewhere.
+  """
+  kh, kw, cin, cout = kernel.shape
+  pads = [_padding(x.shape[1], kh, stride, padding),
+          _padding(x.shape[2], kw, stride, padding)]
+  if impl == 'auto':
+    impl = 'matmul' if jax.default_backend() == 'cpu' else 'xla'
+  if impl == 'xla':
+    return lax.conv_general_dilated(x, kernel, (stride, stride), pads,
+                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  if kh == kw == 1 and stride == 1 and pads == [(0, 0), (0, 0)]:
+    return jnp.einsum('bhwc,cd->bhwd', x, kernel[0, 0])
+  x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  ho = (x.shape[1] - kh) // stride + 1
+  wo = (x.shape[2] - kw) // stride + 1
+  views = [x[:, i:i + stride * (ho - 1) + 1:stride,
+             j:j + stride * (wo - 1) + 1:stride, :]
+           for i in range(kh) for j in range(kw)]
+  patches = jnp.concatenate(views, axis=-1) if len(views) > 1 else views[0]
+  return jnp.einsum('bhwk,kd->bhwd', patches,
+                    kernel.reshape(kh * kw * cin, cout))
+
+
+class StdConv(nn.Module):
+  """A bias-free convolution whose kernel is standardised per output
+  channel (BiT's weight standardisation); its param is `kernel` [k, k,
+  C_in, C_out], lecun-normal as Flax's `nn.Conv`."""
+  features: int
+  kernel_size: int
+  stride: int = 1
+  padding: Union[str, int] = 'SAME'
+  impl: str = 'auto'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (k, k, x.shape[-1], self.features))
+    kernel = standardize(kernel, axis=(0, 1, 2)).astype(self.dtype)
+    return conv2d(x.astype(self.dtype), kernel, self.stride, self.padding,
+                  self.impl)
 
 
 class ResidualUnit(nn.Module):
@@ -53,13 +109,13 @@ class ResidualUnit(nn.Module):
   strides: int = 1
   num_groups: int = 32
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x):
     out = 4 * self.width
-    conv = lambda f, k, s, name: StdConv(
-        f, (k, k), (s, s), padding='SAME', use_bias=False, dtype=self.dtype,
-        name=name)
+    conv = lambda f, k, s, name: StdConv(f, k, s, impl=self.conv_impl,
+                                         dtype=self.dtype, name=name)
     norm = lambda name: nn.GroupNorm(self.num_groups, epsilon=1e-5,
                                      dtype=self.dtype, name=name)
     y = nn.relu(norm('gn1')(x))
@@ -88,6 +144,9 @@ class BitResNet(nn.Module):
     dtype: computation dtype (parameters stay float32).
     head_bias_init: the head's initial bias (for the sigmoid loss).
     model_name: a name for logs and tables.
+    conv_impl: how convolutions are computed (`conv2d`): 'auto' (matmuls
+      over shifted views on a CPU, XLA's convolution elsewhere), 'xla' or
+      'matmul'; the same function and parameters either way.
   """
   num_classes: int
   depth: Sequence[int] = (3, 4, 6, 3)
@@ -97,6 +156,7 @@ class BitResNet(nn.Module):
   dtype: Any = jnp.float32
   head_bias_init: float = 0.0
   model_name: Optional[str] = None
+  conv_impl: str = 'auto'
 
   @property
   def hidden_dim(self) -> int:
@@ -125,6 +185,9 @@ class BitResNet(nn.Module):
     if self.root not in ROOTS:
       raise ValueError(f'model.root must be one of {", ".join(ROOTS)}, got '
                        f'{self.root!r}')
+    if self.conv_impl not in CONV_IMPLS:
+      raise ValueError(f'model.conv_impl must be one of '
+                       f'{", ".join(CONV_IMPLS)}, got {self.conv_impl!r}')
     bad = [w for w in self.widths() if w % self.num_groups]
     if bad:
       raise ValueError(f'model.num_groups {self.num_groups} must divide every '
@@ -137,17 +200,18 @@ class BitResNet(nn.Module):
     del train  # No dropout, no batch statistics.
     self.check(x.shape[1:])
     if self.root == 'imagenet':
-      x = StdConv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)],
-                  use_bias=False, dtype=self.dtype, name='root')(x)
+      x = StdConv(self.width, 7, 2, padding=3, impl=self.conv_impl,
+                  dtype=self.dtype, name='root')(x)
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=[(1, 1), (1, 1)])
     else:
-      x = StdConv(self.width, (3, 3), (1, 1), padding='SAME', use_bias=False,
-                  dtype=self.dtype, name='root')(x)
+      x = StdConv(self.width, 3, 1, impl=self.conv_impl, dtype=self.dtype,
+                  name='root')(x)
     for i, units in enumerate(self.depth):
       for j in range(units):
         x = ResidualUnit(self.width * 2 ** i,
                          strides=2 if i > 0 and j == 0 else 1,
                          num_groups=self.num_groups, dtype=self.dtype,
+                         conv_impl=self.conv_impl,
                          name=f'stage{i + 1}_unit{j + 1}')(x)
     x = nn.GroupNorm(self.num_groups, epsilon=1e-5, dtype=self.dtype,
                      name='pre_head_norm')(x)
