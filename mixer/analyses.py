@@ -203,6 +203,8 @@ def data_scale_figure(path: str, rows: Sequence[Dict[str, Any]]) -> None:
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout='constrained')
   fewshot_of, shot = _fewshot_fn(rows)
+  sizes = sorted({subset_percent(r['fields'].get('train_split', ''))
+                  for r in rows} - {None})
   for model in dict.fromkeys(_model(r) for r in rows):
     points = sorted(
         (subset_percent(r['fields'].get('train_split', '')), r) for r in rows
@@ -217,7 +219,9 @@ def data_scale_figure(path: str, rows: Sequence[Dict[str, Any]]) -> None:
   for ax, title in zip(axes, ('test accuracy (%)',
                               f'linear {shot[:-2]} accuracy (%)')):
     ax.set_xscale('log')
-    ax.set_xlabel('training subset (% of the training set)')
+    ax.set_xticks(sizes, [f'{x:g}%' for x in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel('training subset (share of the training set)')
     ax.set_ylabel(title)
     ax.grid(True, alpha=0.3, which='both')
     ax.legend()
