@@ -30,8 +30,9 @@ warmup then linear decay, Inception crop + flip, 300 epochs) on ImageNet-1k
 at 224 (the paper pre-trains on JFT-300M, which is not public), permutations
 on the 16x16 grid; few-shot on big_vision's datasets every 25k steps
 (`configs.common.PRETRAIN_FEWSHOT`; the paper plots ImageNet 5-shot).
-B/16 is ~12.6 GFLOPs per image forward, R50x1 ~8.2: about 14 and 9 EFLOPs
-of training per run, TPU-pod or multi-GPU-week work; never a CPU job.
+B/16 is 25.2 GFLOPs per image forward, R50x1 8.2 (`mixer.flops`, 2 per
+multiply-add): about 29 and 9 EFLOPs of training per run, 115 for the sweep;
+TPU-pod or multi-GPU-week work, never a CPU job.
 """
 
 from configs import cifar10_cpu
