@@ -59,6 +59,9 @@ def base(model, *, dataset, image_size, channels=3, **overrides):
   c.augment.mixup_alpha = 0.0  # 0 = off.
   c.augment.cutmix_alpha = 0.0  # 0 = off.
   c.augment.eval_crop = 'center'  # 'center' (resize-crop) or 'resize'.
+  # One fixed pixel permutation for every image, train and eval (paper
+  # §3.4; mixer/input_permutation.py); none by default.
+  c.input_permutation = input_permutation_defaults()
 
   # Optimisation (paper pre-training: Adam 0.9/0.999, clip 1, warmup+linear).
   c.batch_size = 512  # Global, over all devices and processes.
@@ -166,6 +169,25 @@ def warmup_share(steps, train_examples, epochs, batch_size):
   """`warmup_percent` that gives exactly `steps` warmup steps in a streamed
   run of `epochs` over `train_examples` images at `batch_size`."""
   return steps / streamed_steps(train_examples, epochs, batch_size)
+
+
+def input_permutation_defaults(**fields):
+  """`config.input_permutation` (mixer/input_permutation.py): `kind` 'none',
+  'patch_pixel' (the order of the patches and of the pixels within a patch,
+  on the grid of `patch_size`, (0, 0) = the model's patch) or 'global' (all
+  pixels), drawn from numpy's default_rng(`seed`); `align_init` (Mixer,
+  patch_pixel) starts from the unpermuted run's initial weights mapped by
+  the permutation."""
+  p = ml_collections.ConfigDict()
+  p.kind = 'none'
+  p.seed = 0
+  p.patch_size = (0, 0)
+  p.align_init = False
+  for key, value in fields.items():
+    if key not in p:
+      raise KeyError(f'unknown input_permutation field {key!r}')
+    p[key] = value
+  return p
 
 
 def fewshot_defaults(**fields):

@@ -141,3 +141,65 @@ def cifar_fast(**extensions):
   return mixer(patch=4, hidden_dim=256, num_blocks=8, tokens_mlp_dim=256,
                channels_mlp_dim=1024, num_classes=10, name='cifar-fast',
                **extensions)
+
+
+# The convolutional baseline of the paper's analyses (mixer/resnet.py): BiT
+# ResNets v2. Units per stage of BiT's named depths (big_vision's
+# get_block_desc); layers = 3 x units + 2.
+BIT_DEPTHS = {
+    26: (2, 2, 2, 2),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+
+
+def bit_resnet(*, depth, width, root='imagenet', num_groups=32,
+               num_classes=1000, name=None, **extensions):
+  """A `config.model` ConfigDict for `mixer.resnet.BitResNet`.
+
+  `depth` is units per stage or one of BIT_DEPTHS' names (50 -> (3, 4, 6,
+  3)); `width` the first stage's width (BiT's R50x1: 64).
+  """
+  units = BIT_DEPTHS[depth] if isinstance(depth, int) else tuple(depth)
+  m = ml_collections.ConfigDict()
+  m.arch = 'bit_resnet'
+  m.model_name = name or f'BiT-R{3 * sum(units) + 2}-w{width}'
+  m.num_classes = num_classes
+  m.depth = units
+  m.width = width
+  m.root = root
+  m.num_groups = num_groups
+  m.dtype = 'float32'
+  m.head_bias_init = 0.0
+  # 'auto': matmuls over shifted views on a CPU (XLA's convolution weight
+  # gradients inside the train step's loops are ~50x slower there), XLA's
+  # convolution elsewhere; the same function (mixer/resnet.py).
+  m.conv_impl = 'auto'
+  for key, value in extensions.items():
+    if key not in m:
+      raise KeyError(f'unknown model field {key!r}')
+    m[key] = value
+  return m
+
+
+def bit_paper(variant, num_classes=1000):
+  """A BiT ResNet of the paper, e.g. 'R50x1' (Fig. 4) or 'R152x2' (Fig. 2)."""
+  depth, factor = variant[1:].split('x')
+  if int(depth) not in BIT_DEPTHS:
+    raise ValueError(f'unknown BiT variant {variant!r}; depths '
+                     f'{", ".join(map(str, BIT_DEPTHS))}')
+  return bit_resnet(depth=int(depth), width=64 * int(factor), root='imagenet',
+                    num_classes=num_classes, name=f'BiT-{variant}')
+
+
+def cifar_resnet(**extensions):
+  """The CPU-sized baseline of `configs/cifar10_resnet_cpu.py`: BiT-R14 on
+  32x32 images (3x3 root, four stages of one bottleneck unit at 32, 16, 8
+  and 4 pixels, widths 16..128, outputs 64..512), GroupNorm with 8 groups
+  (BiT's 2 channels per group at the first stage's width). 507,674 params
+  with a 10-class head, next to the CPU Mixer's 569,994."""
+  fields = dict(depth=(1, 1, 1, 1), width=16, root='cifar', num_groups=8,
+                num_classes=10, name='BiT-R14-w16-cifar')
+  fields.update(extensions)
+  return bit_resnet(**fields)

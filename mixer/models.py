@@ -45,6 +45,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mixer import resnet
+
 ACTIVATIONS = {
     # Flax's default GELU is the tanh approximation, as in the reference code.
     'gelu': nn.gelu,
@@ -52,6 +54,9 @@ ACTIVATIONS = {
     'relu': nn.relu,
 }
 DTYPES = ('float32', 'bfloat16', 'float16')
+# `config.model.arch`: absent or 'mixer' for MlpMixer; 'bit_resnet' for the
+# convolutional baseline of the paper's analyses (mixer/resnet.py).
+ARCHS = ('mixer', 'bit_resnet')
 
 
 def patch_hw(patches: Any) -> Tuple[int, int]:
@@ -251,25 +256,39 @@ class MlpMixer(nn.Module):
     return x
 
 
-def build_model(model_config: Any, **overrides) -> MlpMixer:
-  """Builds `MlpMixer` from `config.model` (a ConfigDict or dict).
-
-  `model_config.dtype` may be a string ('float32', 'bfloat16'). Unknown fields
-  raise a ValueError naming them.
-  """
-  kwargs = dict(model_config.to_dict() if hasattr(model_config, 'to_dict')
-                else model_config)
-  kwargs.update(overrides)
-  fields = set(MlpMixer.__dataclass_fields__) - {'parent', 'name'}
-  unknown = sorted(set(kwargs) - fields)
-  if unknown:
-    raise ValueError(f'unknown model config field(s): '
-                     f'{", ".join("model." + u for u in unknown)}')
+def _dtype_of(kwargs):
+  """`kwargs` with a `dtype` name ('bfloat16') turned into the dtype."""
   if isinstance(kwargs.get('dtype'), str):
     if kwargs['dtype'] not in DTYPES:
       raise ValueError(f'model.dtype must be one of {", ".join(DTYPES)}, got '
                        f'{kwargs["dtype"]!r}')
     kwargs['dtype'] = jnp.dtype(kwargs['dtype'])
+  return kwargs
+
+
+def build_model(model_config: Any, **overrides) -> MlpMixer:
+  """Builds `MlpMixer` from `config.model` (a ConfigDict or dict).
+
+  `model_config.dtype` may be a string ('float32', 'bfloat16'). Unknown fields
+  raise a ValueError naming them. A config with `arch='bit_resnet'` builds
+  the convolutional baseline instead (`mixer.resnet.BitResNet`); Mixer
+  configs have no `arch` field.
+  """
+  kwargs = dict(model_config.to_dict() if hasattr(model_config, 'to_dict')
+                else model_config)
+  kwargs.update(overrides)
+  arch = kwargs.pop('arch', 'mixer')
+  if arch not in ARCHS:
+    raise ValueError(f'model.arch must be one of {", ".join(ARCHS)}, got '
+                     f'{arch!r}')
+  if arch == 'bit_resnet':
+    return resnet.build(_dtype_of(kwargs))
+  fields = set(MlpMixer.__dataclass_fields__) - {'parent', 'name'}
+  unknown = sorted(set(kwargs) - fields)
+  if unknown:
+    raise ValueError(f'unknown model config field(s): '
+                     f'{", ".join("model." + u for u in unknown)}')
+  kwargs = _dtype_of(kwargs)
   if 'patches' in kwargs:
     kwargs['patches'] = patch_hw(kwargs['patches'])
   return MlpMixer(**kwargs)

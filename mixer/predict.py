@@ -14,7 +14,8 @@ only for an `.npz`; given both, a `--config` whose model differs from the
 run's is ignored with one warning line. Each image is read with PIL,
 converted to `config.channels`, brought to `config.image_size` (see
 `load_image`) and normalised like the training loop's evaluation (`mixer.augment.normalize`,
-x / 127.5 - 1). Class names come from the input pipeline's metadata (never
+x / 127.5 - 1), then permuted by the run's fixed input permutation if it was
+trained with one (`config.input_permutation`). Class names come from the input pipeline's metadata (never
 loading or downloading a dataset), else 'class N'. Output, per image::
 
     cat.jpg
@@ -42,6 +43,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from mixer import data
+from mixer import input_permutation
 from mixer import models
 from mixer import pretrained
 from mixer import workdir as workdir_lib
@@ -147,7 +149,9 @@ def predict(config, checkpoint: str, image_paths: Sequence[str],
   model, params = load_model_params(config, checkpoint)
   if not config.model.num_classes:
     raise ValueError('model.num_classes is 0: a headless model has no classes')
-  logits = jax.jit(lambda p, x: model.apply({'params': p}, normalize(x),
+  permute = input_permutation.from_config(config)  # As in training.
+  logits = jax.jit(lambda p, x: model.apply({'params': p},
+                                            permute(normalize(x)),
                                             train=False))(params, images)
   probs = np.asarray(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))
   names = class_names(config, probs.shape[-1])

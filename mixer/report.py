@@ -7,8 +7,9 @@ reads every run folder under the given directory (those listed in its
 training workdir) and writes
 
 * `summary.md`: one row per run: its name, the fields the sweep varies, the
-  parameter count, final and best test accuracy, wall time, training
-  throughput and status, followed by the curves;
+  parameter count, final and best test accuracy, the final linear few-shot
+  accuracies (when the runs evaluate them, `config.fewshot`), wall time,
+  training throughput and status, followed by the curves;
 * `summary.csv`: the same rows with unformatted values (and a few more);
 * `curves.png`: test accuracy and train loss against epochs, one colour per
   run.
@@ -144,7 +145,7 @@ def load_run(run_dir: str, name: str,
       'best_eval_accuracy': None, 'final_eval_loss': None, 'steps': None,
       'epochs': None, 'wall_seconds': None, 'train_seconds': None,
       'images_per_second': None, 'num_devices': None, 'device_kind': None,
-      'error': None,
+      'error': None, 'fewshot': {},
   }
   evals = [r for r in records if 'eval_accuracy' in r]
   if results and results.get('status') == 'done':
@@ -154,6 +155,7 @@ def load_run(run_dir: str, name: str,
                 'train_seconds', 'images_per_second', 'num_devices',
                 'device_kind'):
       row[key] = results.get(key)
+    row['fewshot'] = dict(results.get('fewshot') or {})
     if results.get('resumed_from_step'):
       row['detail'] = f'resumed from step {results["resumed_from_step"]}'
     return row
@@ -303,13 +305,33 @@ def short_names(columns: Sequence[str]) -> List[str]:
           for c, leaf in zip(columns, leaves)]
 
 
+def fewshot_keys(rows: Sequence[Dict[str, Any]]) -> List[str]:
+  """The few-shot metrics any finished run has ('fewshot/cifar10_5shot'),
+  by dataset then shots."""
+  keys = {k for r in rows for k in r.get('fewshot') or {}}
+
+  def order(key):
+    name, _, shots = key.split('/', 1)[-1].rpartition('_')
+    return (name, int(shots[:-4]) if shots[:-4].isdigit() else 0, key)
+
+  return sorted(keys, key=order)
+
+
+def fewshot_header(key: str) -> str:
+  """'fewshot/cifar10_5shot' -> '5-shot cifar10 %'."""
+  name, _, shots = key.split('/', 1)[-1].rpartition('_')
+  return f'{shots[:-4]}-shot {name} %' if shots.endswith('shot') else key
+
+
 def markdown(rows: Sequence[Dict[str, Any]], columns: Sequence[str],
              info: Dict[str, Any], title: str) -> str:
   """The summary.md text."""
   split = _eval_split(rows)
+  shots = fewshot_keys(rows)
   headers = (['run'] + short_names(columns) +
-             ['params', f'final {split} acc %', f'best {split} acc %',
-              'epochs', 'wall time', 'train img/s', 'status'])
+             ['params', f'final {split} acc %', f'best {split} acc %'] +
+             [fewshot_header(k) for k in shots] +
+             ['epochs', 'wall time', 'train img/s', 'status'])
   lines = [f'# Sweep {title}', '']
   if info.get('sweep'):
     lines.append(f'Sweep file: `{info["sweep"]}`  ')
@@ -334,7 +356,9 @@ def markdown(rows: Sequence[Dict[str, Any]], columns: Sequence[str],
     epochs = '' if r['epochs'] is None else f'{r["epochs"]:.3g}'
     cells = ([r['name']] + [_fmt_value(r['fields'].get(c)) for c in columns] +
              [_fmt_params(r['num_params']), acc(r['final_eval_accuracy']),
-              acc(r['best_eval_accuracy']), epochs,
+              acc(r['best_eval_accuracy'])] +
+             [_fmt_pct((r.get('fewshot') or {}).get(k)) for k in shots] +
+             [epochs,
               _fmt_duration(r['wall_seconds']),
               _fmt_rate(r['images_per_second']), status])
     lines.append('| ' + ' | '.join(c.replace('|', '\\|') for c in cells) + ' |')
@@ -357,15 +381,18 @@ CSV_COLUMNS = ('status', 'detail', 'num_params', 'final_eval_accuracy',
 
 def write_csv(path: str, rows: Sequence[Dict[str, Any]],
               columns: Sequence[str]) -> None:
+  shots = fewshot_keys(rows)
   with open(path + '.tmp', 'w', newline='') as f:
     w = csv.writer(f)
-    w.writerow(['name'] + list(columns) + list(CSV_COLUMNS))
+    w.writerow(['name'] + list(columns) + list(CSV_COLUMNS) + shots)
     for r in rows:
       fields = [json.dumps(v) if isinstance(v, (list, tuple, dict)) else
                 ('' if v is None else v)
                 for v in (r['fields'].get(c) for c in columns)]
+      fewshot = r.get('fewshot') or {}
       w.writerow([r['name']] + fields +
-                 ['' if r[k] is None else r[k] for k in CSV_COLUMNS])
+                 ['' if r[k] is None else r[k] for k in CSV_COLUMNS] +
+                 [fewshot.get(k, '') for k in shots])
   os.replace(path + '.tmp', path)
 
 

@@ -2,7 +2,8 @@
 
 Per step, each device:
 
-  uint8 images -> on-device augmentation (mixer.augment) -> model (optionally
+  uint8 images -> on-device augmentation (mixer.augment) -> the run's fixed
+  input permutation (mixer.input_permutation; none by default) -> model (optionally
   bfloat16 activations, float32 params) -> (label-smoothed) softmax or
   sigmoid cross-entropy (`config.loss`, mixer.losses) ->
   gradients, accumulated over `grad_accum_steps` micro-batches with
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from mixer import augment
+from mixer import input_permutation
 from mixer import losses
 from mixer import models
 from mixer import pretrained
@@ -127,6 +129,7 @@ def make_train_step(config, model: models.MlpMixer,
   Must run inside pmap/shard_map with axis name 'batch'.
   """
   train_augment = augment.make_train_augment(config.augment, num_classes)
+  permute = input_permutation.from_config(config)  # Identity for 'none'.
   label_smoothing = float(config.label_smoothing)
   loss_of = training_loss(config.get('loss', 'softmax'))
   skip_nonfinite = bool(config.get('skip_nonfinite_steps', False))
@@ -134,6 +137,7 @@ def make_train_step(config, model: models.MlpMixer,
   def loss_fn(params, images, labels, rng):
     rng_aug, rng_model = jax.random.split(rng)
     x, y = train_augment(rng_aug, images, labels)
+    x = permute(x)
     logits = model.apply({'params': params}, x, train=True,
                          rngs={'dropout': rng_model})
     loss = loss_of(logits, y, label_smoothing)

@@ -92,7 +92,7 @@ def rows(model: models.MlpMixer, shape) -> List[Tuple[str, str, int]]:
   for path, out_shape, kind in sorted(calls, key=lambda c: starts.get(c[0], -1)):
     if kind == 'Dropout':
       continue
-    name = f'{path or "MlpMixer"} ({kind})'
+    name = f'{path or "(model)"} ({kind})'
     table.append((name, str(out_shape), own_params(path)))
   return table
 
@@ -121,7 +121,7 @@ def summarize(config) -> str:
   own = sum(r[2] for r in table)
   if own != total:  # Every parameter must be owned by exactly one row.
     raise AssertionError(f'summary rows hold {own} params, model has {total}')
-  title = (f'{config.model.get("model_name") or "MlpMixer"}: input '
+  title = (f'{config.model.get("model_name") or type(model).__name__}: input '
            f'{shape}, batch dimension shown as 1')
   return format_table(table, total, title)
 

@@ -39,6 +39,7 @@ import ml_collections
 import numpy as np
 
 from mixer import checkpoints
+from mixer import input_permutation
 from mixer import loop as loop_lib
 from mixer import metrics as metrics_lib
 from mixer import step as step_lib
@@ -102,6 +103,7 @@ def _run(trainer: Trainer, config, workdir: str, stop: stopping.StopRequest,
   rng = jax.random.PRNGKey(config.seed)
   state = step_lib.create_train_state(config, trainer.model, trainer.tx, rng,
                                       load_init_checkpoint=not resuming)
+  state = input_permutation.align_initial_state(config, state, trainer.tx)
   num_params = sum(int(np.prod(p.shape))
                    for p in jax.tree_util.tree_leaves(state.params))
 

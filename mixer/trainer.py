@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 
 from mixer import data
+from mixer import input_permutation
 from mixer.evaluators import classification
 from mixer.evaluators import fewshot
 from mixer import models
@@ -39,6 +40,7 @@ class Trainer:
     # The config's own problems first, before any data is read.
     self.model = models.build_model(config.model)
     self.model.check(models.input_shape(config))
+    input_permutation.from_config(config)  # Its one-line errors, early too.
     self.info = data.dataset_info(config)
     if config.model.num_classes != self.info.num_classes:
       raise ValueError(

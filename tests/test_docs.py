@@ -17,10 +17,11 @@ Each command is shortened only by appending the overrides in `TINY` for its
 tool (later flags win over earlier ones): 3 steps at batch 32 and an eval of
 at most 64 examples for training and sweeps (a command's own smaller eval
 split is kept; a warmup the command states in steps becomes 1 step, so that
-it fits), 256 test images for few-shot, 1 small step for benchmarks, few
-images for the input-pipeline and checkpoint benchmarks, the smallest model in
-one round for the side-by-side benchmark, and only Mixer-S/32 for the
-inference benchmark. Setup commands (venv, pip) and
+it fits; a sweep's own few-shot evaluations use 64 test images), 256 test
+images for few-shot, 1 small step for benchmarks, few images for the
+input-pipeline and checkpoint benchmarks, the smallest model in one round for
+the side-by-side benchmark, and only Mixer-S/32 for the inference benchmark.
+Setup commands (venv, pip) and
 the test command itself are not run here.
 
 A block that needs what CI cannot have (a GPU, the internet, official
@@ -59,7 +60,8 @@ TINY = {
     'train.py': ['--config.num_train_steps=3', '--config.batch_size=32',
                  f'--config.eval_batch_size={EVAL_EXAMPLES}'],
     'sweep.py': ['--set=num_train_steps=3', '--set=batch_size=32',
-                 f'--set=eval_batch_size={EVAL_EXAMPLES}'],
+                 f'--set=eval_batch_size={EVAL_EXAMPLES}',
+                 f'--set=fewshot.num_test={EVAL_EXAMPLES}'],
     'mixer.benchmark': ['--batch_size=2', '--steps=1', '--repeats=1',
                         '--peak_matmul_size=256'],
     'benchmarks/input_pipeline.py': ['--num_images=32', '--batches=2',

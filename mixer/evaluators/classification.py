@@ -20,13 +20,15 @@ import numpy as np
 
 from mixer import augment
 from mixer import data
+from mixer import input_permutation
 from mixer import losses
 from mixer import models
 from mixer.evaluators import EvaluationStopped
 
 
 def make_eval_step(model: models.MlpMixer, num_classes: int,
-                   loss: str = 'softmax') -> Callable:
+                   loss: str = 'softmax',
+                   permute: Callable = lambda x: x) -> Callable:
   """`eval(params, batch) -> sums` of loss, correct and count over 'batch'.
 
   The loss is the run's training loss (`config.loss`) on one-hot labels,
@@ -34,13 +36,15 @@ def make_eval_step(model: models.MlpMixer, num_classes: int,
   multi-hot [B, classes] (ImageNet ReaL's sets of real labels): a top-1
   prediction then counts as correct when it is one of the image's labels,
   and images with no label are left out, as big_vision does (`mask *=
-  labels.max(axis=1)`).
+  labels.max(axis=1)`). `permute` is the run's input permutation
+  (`mixer.input_permutation`), applied to the normalised images before the
+  model.
   """
   loss_fn = losses.per_example(loss)
 
   def eval_step(params, images, labels, mask):
-    logits = model.apply({'params': params}, augment.normalize(images),
-                         train=False)
+    logits = model.apply({'params': params},
+                         permute(augment.normalize(images)), train=False)
     top1 = jnp.argmax(logits, -1)
     if labels.ndim == 2:  # Multi-hot.
       mask = mask * jnp.max(labels, axis=1)
@@ -106,7 +110,8 @@ class Evaluator:
     self.config = fit_eval_batch(config, num_examples,
                                  self.num_devices * self.process_count)
     self.p_eval = jax.pmap(
-        make_eval_step(model, num_classes, config.get('loss', 'softmax')),
+        make_eval_step(model, num_classes, config.get('loss', 'softmax'),
+                       input_permutation.from_config(config)),
         axis_name='batch')
     # Seconds of the last eval batch (None before the first): how long a
     # stop request waits at most.

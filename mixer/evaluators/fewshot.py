@@ -14,6 +14,8 @@ that evaluator:
    on the host, bit for bit big_vision's).
    Images stored at varying sizes (tfds's Pets, Caltech, ...) are read from
    tfds squashed to R x R the same way.
+   Then the run's fixed input permutation, if it has one
+   (`config.input_permutation`, mixer/input_permutation.py), as in training.
 2. Shots: for seed s, a numpy Generator `np.random.default_rng(s)` draws one
    permutation of each class's training indices, class 0 first; the N-shot
    training set is the first N indices of every class (`sample_shots`), so
@@ -58,6 +60,7 @@ import numpy as np
 
 from configs import common
 from mixer import data
+from mixer import input_permutation
 from mixer import models
 from mixer import params as params_lib
 from mixer.evaluators import EvaluationStopped
@@ -133,17 +136,22 @@ def preprocess(images_uint8: np.ndarray,
   return x[:, dy:dy + t[0], dx:dx + t[1]].numpy()
 
 
-def _feature_fn(model: models.MlpMixer):
+def _feature_fn(model: models.MlpMixer,
+                permute: Optional[input_permutation.InputPermutation] = None):
   """The jitted `(params, float32 [-1, 1] images) -> float32 pre-logits`,
-  one per model: params are an argument, so new params never recompile."""
-  if model not in _FEATURE_FNS:
+  one per (model, permutation): params are an argument, so new params never
+  recompile."""
+  key = (model, permute)
+  if key not in _FEATURE_FNS:
 
     def features(params, images):
+      if permute is not None:  # The run's input permutation, as in training.
+        images = permute(images)
       out = model.apply({'params': params}, images, train=False)
       return out.astype(jnp.float32)
 
-    _FEATURE_FNS[model] = jax.jit(features)
-  return _FEATURE_FNS[model]
+    _FEATURE_FNS[key] = jax.jit(features)
+  return _FEATURE_FNS[key]
 
 
 def headless(model: models.MlpMixer) -> models.MlpMixer:
@@ -153,8 +161,9 @@ def headless(model: models.MlpMixer) -> models.MlpMixer:
 
 def extract_features(model: models.MlpMixer, params: Any,
                      images_uint8: np.ndarray, batch_size: int,
-                     image_size: Optional[Sequence[int]] = None
-                     ) -> np.ndarray:
+                     image_size: Optional[Sequence[int]] = None,
+                     permute: Optional[input_permutation.InputPermutation]
+                     = None) -> np.ndarray:
   """Pre-logits of the frozen model: float32 [N, hidden_dim] on the host.
 
   Args:
@@ -167,6 +176,8 @@ def extract_features(model: models.MlpMixer, params: Any,
       (model, input shape).
     image_size: (h, w) of the model's input: images go through big_vision's
       few-shot `preprocess` to it. None: used as stored.
+    permute: the run's input permutation (`mixer.input_permutation`),
+      applied to the model-sized images; None: none.
   """
   images = np.asarray(images_uint8)
   if images.ndim == 3:
@@ -176,7 +187,7 @@ def extract_features(model: models.MlpMixer, params: Any,
   batch_size = int(batch_size)
   if batch_size <= 0:
     raise ValueError(f'fewshot.batch_size must be positive, got {batch_size}')
-  fn = _feature_fn(headless(model))
+  fn = _feature_fn(headless(model), permute)
   n = images.shape[0]
   if n == 0:
     dim = model.hidden_dim
@@ -361,6 +372,7 @@ class FewShotEvaluator:
     self.model = headless(model)
     self.input_shape = models.input_shape(config)
     self.model.check(self.input_shape)
+    self.permute = input_permutation.from_config(config)
     self.expected = jax.eval_shape(
         lambda: self.model.init(jax.random.PRNGKey(0),
                                 jnp.zeros((1,) + self.input_shape),
@@ -445,7 +457,8 @@ class FewShotEvaluator:
 
   def _features(self, params, images):
     return extract_features(self.model, params, images,
-                            int(self.fs.batch_size), self.input_shape[:2])
+                            int(self.fs.batch_size), self.input_shape[:2],
+                            self.permute)
 
   def evaluate_dataset_seeds(self, params, name: str
                              ) -> Dict[int, Dict[int, float]]:
