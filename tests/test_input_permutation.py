@@ -150,7 +150,11 @@ def test_train_step_evaluator_and_fewshot_see_the_permuted_images():
 
   body = fewshot.strip_head(params)
   f1 = fewshot.extract_features(model, body, images, 8, (32, 32), perm)
-  f2 = fewshot.extract_features(model, body, permuted, 8, (32, 32))
+  # Few-shot permutes after its host preprocessing (resize|central_crop),
+  # i.e. the model-sized images, as training permutes after augmentation.
+  sized = fewshot.preprocess(images, (32, 32))
+  f2 = fewshot.extract_features(model, body,
+                                np.asarray(perm(jnp.asarray(sized))), 8)
   np.testing.assert_allclose(f1, f2, atol=1e-5)
   assert fewshot.FewShotEvaluator(config, model).permute == perm
 

@@ -21,7 +21,7 @@ split) at the end.
 
 `:paper`: Mixer-L/16 beside BiT-R152x2 (the paper's Fig. 2 pair) on 3%, 10%,
 30% and 100% of ImageNet-1k's `train[:99%]` (big_vision's split; `train[99%:]`
-is the minival), each for the steps of 300 epochs of the whole split (92,700
+is the minival), each for the steps of 300 epochs of the whole split (92,897
 at batch 4096, `configs.common.paper_pretrain`'s setup), few-shot on
 big_vision's datasets every 25k steps. The paper's pre-training set,
 JFT-300M, is not public and 236x larger than ImageNet-1k; its smallest subset
@@ -73,8 +73,10 @@ def paper_sweep():
   mixer.minival_split = 'train[99%:]'
   resnet = mixer.copy_and_resolve_references()
   resnet.model = models.bit_paper('R152x2')
-  steps = mixer.num_epochs * (
-      common.PRETRAIN_TRAIN_EXAMPLES['imagenet2012'] // mixer.batch_size)
+  # big_vision's run length for streamed data: round(epochs * N / B).
+  steps = int(round(mixer.num_epochs *
+                    common.PRETRAIN_TRAIN_EXAMPLES['imagenet2012'] /
+                    mixer.batch_size))
   return _runs((('Mixer', mixer), ('ResNet', resnet)), PAPER_SPLITS,
                num_train_steps=steps)
 
