@@ -16,8 +16,9 @@ from mixer.evaluators import fewshot
 
 
 def _params(model, size=32):
-  return model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)),
-                    train=False)['params']
+  # Jitted: an eager init compiles each of the ResNet's ops on its own.
+  return jax.jit(lambda x: model.init(jax.random.PRNGKey(0), x, train=False))(
+      jnp.zeros((1, size, size, 3)))['params']
 
 
 def _count(tree):
@@ -93,11 +94,11 @@ def test_pre_activation_units_with_standardised_weights():
   # Pre-activation: the identity path of a unit is its raw input.
   unit = resnet.ResidualUnit(64, num_groups=8)
   y = jax.random.normal(jax.random.PRNGKey(3), (1, 8, 8, 256))
-  up = unit.init(jax.random.PRNGKey(4), y)
+  up = jax.jit(unit.init)(jax.random.PRNGKey(4), y)
   up = jax.tree_util.tree_map(jnp.zeros_like, up)  # The branch outputs 0.
-  np.testing.assert_array_equal(unit.apply(up, y), y)
+  np.testing.assert_array_equal(jax.jit(unit.apply)(up, y), y)
   # Headless: the pooled features, as few-shot extracts them.
-  features = fewshot.headless(model).apply(
+  features = jax.jit(fewshot.headless(model).apply)(
       {'params': fewshot.strip_head(params)}, x)
   assert features.shape == (2, model.hidden_dim)
 
@@ -108,15 +109,16 @@ def test_matmul_convolutions_are_xlas():
   assert resnet.conv2d.__doc__ and models.build_model(
       model_configs.cifar_resnet()).conv_impl == 'auto'
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 11, 12, 5))
+  conv = jax.jit(resnet.conv2d, static_argnums=(2, 3, 4))
   for k, stride, padding in ((1, 1, 'SAME'), (1, 2, 'SAME'), (3, 1, 'SAME'),
                              (3, 2, 'SAME'), (7, 2, 3)):
     kernel = jax.random.normal(jax.random.PRNGKey(k), (k, k, 5, 4))
-    outs = {impl: resnet.conv2d(x, kernel, stride, padding, impl)
+    outs = {impl: conv(x, kernel, stride, padding, impl)
             for impl in ('xla', 'matmul', 'auto')}
     np.testing.assert_allclose(outs['matmul'], outs['xla'], atol=1e-4)
     np.testing.assert_array_equal(outs['auto'], outs['matmul'])  # A CPU.
-    grads = {impl: jax.grad(lambda w, impl=impl: jnp.sum(jnp.sin(
-        resnet.conv2d(x, w, stride, padding, impl))))(kernel)
+    grads = {impl: jax.jit(jax.grad(lambda w, impl=impl: jnp.sum(jnp.sin(
+        resnet.conv2d(x, w, stride, padding, impl)))))(kernel)
              for impl in ('xla', 'matmul')}
     np.testing.assert_allclose(grads['matmul'], grads['xla'], atol=1e-3)
   config = cifar10_resnet_cpu.get_config()
@@ -125,8 +127,8 @@ def test_matmul_convolutions_are_xlas():
   params['head']['kernel'] = jnp.ones_like(params['head']['kernel'])
   images = jax.random.normal(jax.random.PRNGKey(5), (2, 32, 32, 3))
   np.testing.assert_allclose(
-      model.clone(conv_impl='xla').apply({'params': params}, images),
-      model.apply({'params': params}, images), rtol=1e-4, atol=1e-4)
+      jax.jit(model.clone(conv_impl='xla').apply)({'params': params}, images),
+      jax.jit(model.apply)({'params': params}, images), rtol=1e-4, atol=1e-4)
 
 
 def test_check_names_the_field():
