@@ -363,10 +363,12 @@ class Loop:
   def _save(self, pending: Optional[Dict[str, Any]] = None) -> None:
     """Checkpoints the current step; `pending`: its record and evaluations
     still to come (a resumed run does them first)."""
-    stopping_now = self.stop.saving.is_set()
-    self.stop.saving.set()
     self._collect()  # Never save a non-finite state.
     jax.block_until_ready(self.pstate.step)
+    # Saving starts only now: a stop's watchdog extends its wait for a
+    # write, never for a step that hangs before it.
+    stopping_now = self.stop.saving.is_set()
+    self.stop.saving.set()
     self.progress.pause(self.step)
     host_state = jax.device_get(devices.unreplicate(self.pstate))
     meta = {'step': self.step, 'config': self.config_json,
@@ -385,10 +387,10 @@ class Loop:
     """Saves the current step once its dispatch is done (with `pending`
     when its evaluation did not finish) and raises `Interrupted` naming
     the checkpoint to resume from."""
-    self.stop.saving.set()
     t0 = time.time()
     self._collect()
-    jax.block_until_ready(self.pstate.step)
+    jax.block_until_ready(self.pstate.step)  # Within the watchdog's grace.
+    self.stop.saving.set()
     if self.step != self.last_saved and self.step > self.start_step:
       self._save(pending)
     checkpoints.wait_until_finished(self.mgr)

@@ -9,15 +9,16 @@ the repository's files, with `../shared` beside it, so relative paths
 repository root. The commands of one block run in order in one sandbox (a
 sweep, then its report).
 
-A command identical to an earlier one up to its `--workdir` and the values
-that `TINY` overrides (the README and docs/data.md both show the main job;
+A command alone in its block and identical to an earlier one alone in its
+block, up to its `--workdir` and the values that `TINY` overrides (the README and docs/data.md both show the main job;
 docs/benchmarks.md shows the side-by-side at two batch sizes) is run once.
 
 Each command is shortened only by appending the overrides in `TINY` for its
 tool (later flags win over earlier ones): 3 steps at batch 32 and an eval of
 at most 64 examples for training and sweeps (a command's own smaller eval
 split is kept; a warmup the command states in steps becomes 1 step, so that
-it fits; a sweep's own few-shot evaluations use 64 test images), 256 test
+it fits; a sweep's own few-shot evaluations use 64 test images, and a sweep
+of more than two runs trains its first and last, `--only`), 256 test
 images for few-shot, 1 small step for benchmarks, few images for the
 input-pipeline and checkpoint benchmarks, the smallest model in one round for
 the side-by-side benchmark, and only Mixer-S/32 for the inference benchmark.
@@ -163,6 +164,20 @@ def _eval_split(command: Command) -> Optional[str]:
   return f'{split}[:{EVAL_EXAMPLES}]'
 
 
+def _first_and_last_runs(command: Command) -> Optional[str]:
+  """'FIRST,LAST' of a sweep command's runs when it has more than two and
+  names none itself (`--only`, `--dry_run`): the docs check trains those
+  two; tests/test_sweep.py builds every run's config of every shipped
+  sweep."""
+  words = shlex.split(command.text)
+  if any(w.startswith(('--only', '--dry_run')) for w in words):
+    return None
+  from mixer import sweeps  # pylint: disable=g-import-not-at-top
+  spec = next(w.split('=', 1)[1] for w in words if w.startswith('--sweep='))
+  names = [r.name for r in sweeps.load_sweep(spec, root=str(REPO))]
+  return f'{names[0]},{names[-1]}' if len(names) > 2 else None
+
+
 def shortened(command: Command) -> str:
   extra = list(TINY.get(command.tool, []))
   sets_warmup = 'warmup_steps=' in command.text
@@ -174,6 +189,9 @@ def shortened(command: Command) -> str:
     extra.append('--models=S/32')  # One Table 1 model, the smallest.
   if command.tool == 'sweep.py':
     extra.append(f'--set=eval_split=test[:{EVAL_EXAMPLES}]')
+    only = _first_and_last_runs(command)
+    if only:
+      extra.append(f'--only={only}')
     if sets_warmup:
       extra.append('--set=warmup_steps=1')
   return ' '.join([command.text] + [shlex.quote(e) for e in extra])
@@ -205,8 +223,12 @@ def _normalized(line: str, tool: str) -> str:
 
 def _already_run(command: Command, line: str) -> Optional[str]:
   """The id of an earlier single-command block that runs exactly `line`
-  (up to its workdir and the values `TINY` overrides), if any: such a
-  command is checked once."""
+  (up to its workdir and the values `TINY` overrides), if any, when
+  `command` is alone in its block too (later commands of a block may read
+  its workdir): such a command is checked once."""
+  own = next(block for block in BLOCKS if command in block)
+  if len(own) > 1:  # Later commands of its block may read its workdir.
+    return None
   for block in BLOCKS:
     if command in block:
       return None

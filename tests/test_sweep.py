@@ -19,7 +19,9 @@ import pytest
 
 from configs import cifar10_baseline
 from configs import models
+from mixer import models as mixer_models
 from mixer import report
+from mixer import summary
 from mixer import sweeps
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -95,6 +97,11 @@ def test_shipped_sweeps_load(path):
     assert r.config.model.num_classes == 10
     assert r.config.dataset in ('cifar10', 'fashion_mnist')
     assert r.columns  # Every sweep shows what it varies.
+    # Every run's model builds on its input (its parameter shapes, traced):
+    # the docs check trains only a sweep's first and last runs.
+    model = mixer_models.build_model(r.config.model)
+    params = summary.abstract_params(model, mixer_models.input_shape(r.config))
+    assert summary.count_params(params) > 0
   # Every run differs from every other in a shown field.
   shown = {json.dumps(r.fields(), sort_keys=True) for r in runs}
   assert len(shown) == len(runs)
