@@ -59,14 +59,14 @@ STANDIN = [n for n in EXPERIMENTS if n not in LOCAL
 @pytest.mark.parametrize('name', LOCAL)
 def test_local_config_takes_a_short_run(name, tmp_path, data_dir):
   # A user's first move: the config as shipped with only
-  # --config.num_train_steps=3 --config.batch_size=32 added (CI also cuts
+  # --config.num_train_steps=3 --config.batch_size=8 added (CI also cuts
   # the evaluation to 64 examples; tests/test_docs.py runs the CLI).
   config = _get(name)
   if name == 'cifar10_fast':  # Its whole recipe runs (3 steps, one dispatch).
     assert config.input_pipeline == 'device'
     assert config.steps_per_dispatch == 10 and config.model.dtype == 'bfloat16'
   config.num_train_steps = 3
-  config.batch_size = 32
+  config.batch_size = 8
   config.eval_split = 'test[:64]'
   config.eval_batch_size = 64
   results = train.train_and_evaluate(config, str(tmp_path))

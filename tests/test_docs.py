@@ -14,7 +14,7 @@ block, up to its `--workdir` and the values that `TINY` overrides (the README an
 docs/benchmarks.md shows the side-by-side at two batch sizes) is run once.
 
 Each command is shortened only by appending the overrides in `TINY` for its
-tool (later flags win over earlier ones): 3 steps at batch 32 and an eval of
+tool (later flags win over earlier ones): 3 steps at batch 8 and an eval of
 at most 64 examples for training and sweeps (a command's own smaller eval
 split is kept; a warmup the command states in steps becomes 1 step, so that
 it fits; a sweep's own few-shot evaluations use 64 test images, and a sweep
@@ -58,9 +58,9 @@ EVAL_EXAMPLES = 64
 # The overrides appended to each kind of command (documented above and in
 # README.md, "How the docs are tested").
 TINY = {
-    'train.py': ['--config.num_train_steps=3', '--config.batch_size=32',
+    'train.py': ['--config.num_train_steps=3', '--config.batch_size=8',
                  f'--config.eval_batch_size={EVAL_EXAMPLES}'],
-    'sweep.py': ['--set=num_train_steps=3', '--set=batch_size=32',
+    'sweep.py': ['--set=num_train_steps=3', '--set=batch_size=8',
                  f'--set=eval_batch_size={EVAL_EXAMPLES}',
                  f'--set=fewshot.num_test={EVAL_EXAMPLES}'],
     'mixer.benchmark': ['--batch_size=2', '--steps=1', '--repeats=1',
