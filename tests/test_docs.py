@@ -10,8 +10,9 @@ repository root. The commands of one block run in order in one sandbox (a
 sweep, then its report).
 
 A command alone in its block and identical to an earlier one alone in its
-block, up to its `--workdir` and the values that `TINY` overrides (the README and docs/data.md both show the main job;
-docs/benchmarks.md shows the side-by-side at two batch sizes) is run once.
+block, up to its `--workdir` and the values that `TINY` overrides (the
+README and docs/data.md both show the main job; docs/benchmarks.md shows the
+side-by-side at two batch sizes), is run once.
 
 Each command is shortened only by appending the overrides in `TINY` for its
 tool (later flags win over earlier ones): 3 steps at batch 8 and an eval of
